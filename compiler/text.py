@@ -1,0 +1,321 @@
+"""The IR text format: printer and lark-based parser with located errors.
+
+    graph @tiny(%x: f32[batch, 4]) {
+      param @w: f32[8, 4]
+      %y = linear(%x, @w) : f32[batch, 8]
+      return %y
+    }
+
+`print_graph(parse(s)) == s` holds for canonical text (attributes equal to
+their defaults are omitted, in schema order). Parameters are printed by name
+and type only; their data lives in a weights manifest, never in the IR.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import IRSyntaxError
+from .ir import DType, Graph, Op, TensorType, Value
+from .ops import get_op
+from .ops.registry import OpError
+from .ops.shapes import dims_equal
+
+# ---- printer -------------------------------------------------------------------
+
+
+def format_attr(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, DType):
+        return v.value
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(format_attr(x) for x in v) + "]"
+    raise TypeError(f"cannot print attribute value {v!r}")
+
+
+def print_attrs(op: Op) -> str:
+    try:
+        specs = get_op(op.kind).attrs
+    except OpError:
+        specs = {}
+    items = []
+    for k, v in op.attrs.items():
+        spec = specs.get(k)
+        if spec is not None and _same(spec.default, v):
+            continue
+        items.append(f"{k} = {format_attr(v)}")
+    return " {" + ", ".join(items) + "}" if items else ""
+
+
+def _same(a, b) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def print_op(op: Op) -> str:
+    results = ", ".join(v.ref for v in op.outputs)
+    operands = ", ".join(v.ref for v in op.inputs)
+    types = ", ".join(str(v.type) for v in op.outputs)
+    return f"{results} = {op.kind}({operands}){print_attrs(op)} : {types}"
+
+
+def print_graph(g: Graph) -> str:
+    args = ", ".join(f"{v.ref}: {v.type}" for v in g.inputs)
+    lines = [f"graph @{g.name}({args}) {{"]
+    lines += [f"  param {p.ref}: {p.type}" for p in g.params.values()]
+    lines += ["  " + print_op(op) for op in g.ops]
+    lines.append("  return " + ", ".join(v.ref for v in g.outputs) if g.outputs else "  return")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# ---- parser --------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _lark():
+    from lark import Lark
+
+    grammar = (Path(__file__).with_name("llmc.lark")).read_text()
+    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+_EXPECT_NAMES = {
+    "VALUE": "a %value", "PARAM": "an @name", "OPNAME": "a name", "DTYPE": "a dtype",
+    "LPAR": "'('", "RPAR": "')'", "LBRACE": "'{'", "RBRACE": "'}'", "LSQB": "'['",
+    "RSQB": "']'", "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "GRAPH": "'graph'",
+    "RETURN": "'return'", "PARAM_KW": "'param'", "INT": "an integer",
+    "SIGNED_INT": "an integer", "SIGNED_FLOAT": "a float", "ESCAPED_STRING": "a string",
+}
+
+
+def _expected(tokens) -> str:
+    names = sorted({_EXPECT_NAMES.get(t, t.lower().strip("_") if t.isupper() else repr(t))
+                    for t in tokens})
+    return ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
+
+
+def parse(text: str | bytes, filename: str = "<input>") -> Graph:
+    """Parse IR text into a verified-shape Graph; raises IRSyntaxError with file:line:col."""
+    from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
+
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise IRSyntaxError(f"not UTF-8 text (bad byte at offset {e.start})", filename) from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise IRSyntaxError("binary data (NUL byte) in IR text", filename, text, line, 1)
+    body = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("//"))
+    if not body.strip():
+        raise IRSyntaxError("empty input: expected 'graph @name(...) { ... }'", filename)
+    try:
+        tree = _lark().parse(text)
+    except UnexpectedEOF as e:
+        lines = text.splitlines() or [""]
+        raise IRSyntaxError(f"unexpected end of file, expected {_expected(e.expected)}",
+                            filename, text, len(lines), len(lines[-1]) + 1) from None
+    except UnexpectedToken as e:
+        if e.token.type == "$END":
+            lines = text.rstrip("\n").splitlines() or [""]
+            raise IRSyntaxError(f"unexpected end of file, expected {_expected(e.expected)}",
+                                filename, text, len(lines), len(lines[-1]) + 1) from None
+        raise IRSyntaxError(f"unexpected {e.token.value!r}, expected {_expected(e.expected)}",
+                            filename, text, e.line, e.column) from None
+    except UnexpectedCharacters as e:
+        ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
+        hint = " (value names start with '%', parameters with '@')" if ch.isalnum() else ""
+        raise IRSyntaxError(f"unexpected character {ch!r}{hint}", filename, text, e.line,
+                            e.column) from None
+    return _Builder(text, filename).graph(tree.children[0])
+
+
+class _Builder:
+    """Turns the lark tree into a Graph, checking names, arity, attrs and types."""
+
+    def __init__(self, text: str, filename: str):
+        self.text = text
+        self.filename = filename
+        self.env: dict[str, Value] = {}
+
+    def err(self, msg: str, node) -> IRSyntaxError:
+        line = getattr(node, "line", None) or getattr(getattr(node, "meta", None), "line", None)
+        col = getattr(node, "column", None) or getattr(getattr(node, "meta", None), "column", None)
+        return IRSyntaxError(msg, self.filename, self.text, line, col)
+
+    def graph(self, node) -> Graph:
+        name_tok, *rest = node.children
+        g = Graph(name=name_tok[1:])
+        for child in rest:
+            if child is None:
+                continue
+            kind = child.data
+            if kind == "arg":
+                vtok, ty = child.children
+                self.define(vtok)
+                v = g.add_input(vtok[1:], self.type(ty))
+                self.env[vtok] = v
+            elif kind == "param":
+                ptok, ty = child.children
+                if ptok in self.env:
+                    raise self.err(f"parameter {ptok} is defined twice", ptok)
+                self.env[ptok] = g.add_param(ptok[1:], self.type(ty))
+            elif kind == "stmt":
+                self.stmt(g, child)
+            elif kind == "ret":
+                g.outputs = [self.use(t) for t in child.children if t is not None]
+        return g
+
+    def define(self, tok) -> None:
+        if tok in self.env:
+            raise self.err(f"value {tok} is defined twice", tok)
+
+    def use(self, tok) -> Value:
+        try:
+            return self.env[tok]
+        except KeyError:
+            what = "parameter" if tok.startswith("@") else "value"
+            raise self.err(f"use of undefined {what} {tok}", tok) from None
+
+    def stmt(self, g: Graph, node) -> None:
+        ch = node.children
+        i = 0
+        results = []
+        while ch[i].type == "VALUE":
+            results.append(ch[i])
+            i += 1
+        optok = ch[i]
+        i += 1
+        operands = []
+        while i < len(ch) and (ch[i] is None or getattr(ch[i], "type", None) in ("VALUE", "PARAM")):
+            if ch[i] is not None:
+                operands.append(ch[i])
+            i += 1
+        attrs_node = None
+        if i < len(ch) and getattr(ch[i], "data", None) == "attrs":
+            attrs_node = ch[i]
+            i += 1
+        types = [self.type(t) for t in ch[i:]]
+        try:
+            opdef = get_op(str(optok))
+        except OpError as e:
+            raise self.err(str(e), optok) from None
+        ins = [self.use(t) for t in operands]
+        try:
+            opdef.check_arity(len(ins))
+        except OpError as e:
+            raise self.err(str(e), optok) from None
+        raw = {}
+        for a in attrs_node.children if attrs_node is not None else []:
+            if a is None:
+                continue
+            key, val = a.children
+            if key in raw:
+                raise self.err(f"attribute '{key}' given twice", key)
+            raw[str(key)] = self.attrval(val)
+        try:
+            attrs = opdef.normalize_attrs(raw)
+        except OpError as e:
+            bad = next((a for a in (attrs_node.children if attrs_node else []) if a is not None
+                        and str(a.children[0]) in str(e)), optok)
+            raise self.err(str(e), bad.children[0] if bad is not optok else optok) from None
+        try:
+            inferred = opdef.infer_types([v.type for v in ins], attrs)
+        except OpError as e:
+            raise self.err(str(e), optok) from None
+        if len(results) != len(types):
+            raise self.err(f"{len(results)} results but {len(types)} types", results[0])
+        if len(inferred) != len(results):
+            raise self.err(f"op '{optok}' produces {len(inferred)} results, "
+                           f"{len(results)} given", results[0])
+        outs = []
+        for tok, declared, inf in zip(results, types, inferred):
+            if not _compatible(declared, inf):
+                raise self.err(f"type mismatch for {tok}: declared {declared} but "
+                               f"'{optok}' infers {inf}", tok)
+            self.define(tok)
+            try:
+                g.claim_name(tok[1:])
+            except ValueError as e:
+                raise self.err(str(e), tok) from None
+            v = Value(tok[1:], declared)
+            self.env[tok] = v
+            outs.append(v)
+        op = Op(str(optok), ins, outs, attrs)
+        op.loc = (optok.line, optok.column)
+        g.append(op)
+
+    def attrval(self, node):
+        kind = node.data
+        if kind == "int":
+            return int(node.children[0])
+        if kind == "float":
+            return float(node.children[0])
+        if kind == "string":
+            return json.loads(node.children[0])
+        if kind == "true":
+            return True
+        if kind == "false":
+            return False
+        if kind == "dtype":
+            return DType(str(node.children[0]))
+        return tuple(self.attrval(c) for c in node.children if c is not None)
+
+    def type(self, node) -> TensorType:
+        dt, *dims = node.children
+        shape = []
+        for d in dims:
+            if d is None:
+                continue
+            if d.data == "static_dim":
+                shape.append(int(d.children[0]))
+            elif d.data == "sym_dim":
+                shape.append(str(d.children[0]))
+            else:
+                shape.append("?")
+        return TensorType(DType(str(dt)), tuple(shape))
+
+
+def _compatible(declared: TensorType, inferred: TensorType) -> bool:
+    return (declared.dtype is inferred.dtype and declared.rank == inferred.rank
+            and all(dims_equal(a, b) for a, b in zip(declared.shape, inferred.shape)))
+
+
+def parse_file(path: str | Path) -> Graph:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise IRSyntaxError(f"cannot read file: {e.strerror}", str(p)) from None
+    return parse(data, str(p))
+
+
+def split_cases(text: str, marker: str = "// -----") -> list[tuple[int, str]]:
+    """Split a multi-case file on marker lines; returns (first line number, text) pairs.
+
+    Each chunk keeps blank lines in place of earlier chunks so error line numbers
+    match the original file."""
+    out, start, cur = [], 0, []
+    lines = text.splitlines(keepends=True)
+    for i, ln in enumerate(lines):
+        if ln.strip() == marker:
+            out.append((start, "\n" * start + "".join(cur)))
+            start, cur = i + 1, []
+        else:
+            cur.append(ln)
+    out.append((start, "\n" * start + "".join(cur)))
+    return out

@@ -1,0 +1,1 @@
+"""llmc.frontends"""

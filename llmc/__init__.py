@@ -1,0 +1,3 @@
+"""llmc: an open, testable graph compiler for LLaMA-family models."""
+
+__version__ = "0.1.0"

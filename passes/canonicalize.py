@@ -1,0 +1,103 @@
+"""Canonicalization: algebraic no-ops removed, chains of layout ops composed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmc.compiler.ir import Graph, Value
+from llmc.compiler.passmanager import Pass, PassContext, register_pass
+from llmc.compiler.rewrite import P, Rule, apply_rules, rule
+
+x = P.var("x")
+
+
+def constant_equals(v: Value, target: float) -> bool:
+    """True when `v` is a constant op whose every element equals `target`."""
+    op = v.producer
+    return (op is not None and op.kind == "constant"
+            and all(float(e) == target for e in op.attrs["value"]))
+
+
+def same_type(a: Value, b: Value) -> bool:
+    return a.type == b.type
+
+
+@rule(P("reshape", P("reshape", x, name="inner"), name="outer"))
+def reshape_reshape(rw, x, inner, outer):
+    """reshape(reshape(x)) -> reshape(x) when the outer 0s can be resolved."""
+    mid = inner.outputs[0].type.shape
+    shape = []
+    for i, d in enumerate(outer.attrs["shape"]):
+        if d != 0:
+            shape.append(d)
+        elif isinstance(mid[i], int):
+            shape.append(mid[i])
+        elif i < len(inner.attrs["shape"]) and inner.attrs["shape"][i] == 0:
+            shape.append(0)
+        else:
+            return None
+    return rw.op("reshape", x, shape=shape)
+
+
+@rule(P("reshape", x, name="r"), check=lambda m: same_type(m["x"], m["r"].outputs[0])
+      and (m["x"].type.is_static or all(d == 0 for d in m["r"].attrs["shape"])))
+def reshape_identity(rw, x, r):
+    return x
+
+
+@rule(P("transpose", P("transpose", x, name="inner"), name="outer"))
+def transpose_transpose(rw, x, inner, outer):
+    p1, p2 = inner.attrs["perm"], outer.attrs["perm"]
+    perm = [p1[i] for i in p2]
+    if perm == list(range(len(perm))):
+        return x
+    return rw.op("transpose", x, perm=perm)
+
+
+@rule(P("transpose", x, name="t"), check=lambda m: list(m["t"].attrs["perm"]) == sorted(m["t"].attrs["perm"]))
+def transpose_identity(rw, x, t):
+    return x
+
+
+@rule(P("add", x, P("constant", name="c"), name="a"),
+      check=lambda m: constant_equals(m["c"].outputs[0], 0.0) and same_type(m["x"], m["a"].outputs[0]))
+def add_zero(rw, x, c, a):
+    return x
+
+
+@rule(P("sub", x, P("constant", name="c"), name="a"),
+      check=lambda m: constant_equals(m["c"].outputs[0], 0.0) and same_type(m["x"], m["a"].outputs[0]))
+def sub_zero(rw, x, c, a):
+    return x
+
+
+@rule(P(("mul", "div"), x, P("constant", name="c"), name="a"),
+      check=lambda m: constant_equals(m["c"].outputs[0], 1.0) and same_type(m["x"], m["a"].outputs[0]))
+def mul_one(rw, x, c, a):
+    return x
+
+
+@rule(P("cast", x, name="c"), check=lambda m: m["c"].attrs["dtype"] is m["x"].type.dtype)
+def cast_identity(rw, x, c):
+    return x
+
+
+@rule(P("neg", P("neg", x)))
+def neg_neg(rw, x):
+    return x
+
+
+CANONICAL_RULES: list[Rule] = [
+    reshape_reshape, reshape_identity, transpose_transpose, transpose_identity,
+    add_zero, sub_zero, mul_one, cast_identity, neg_neg,
+]
+
+
+@register_pass
+class Canonicalize(Pass):
+    """Remove algebraic no-ops (add 0, mul 1, identity cast/reshape/transpose) and compose layout chains."""
+
+    name = "canonicalize"
+
+    def run(self, g: Graph, ctx: PassContext) -> int:
+        return apply_rules(g, CANONICAL_RULES)
