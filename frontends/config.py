@@ -1,0 +1,188 @@
+"""Model configs: read config.json (HF, PaddleNLP, PaddleFormers) into one ModelConfig.
+
+Detection, in order: `architectures` / `model_type`, then fields. Baichuan2
+arrives as `BaichuanForCausalLM` (model_type baichuan; ALiBi for 13B, rope for
+7B) or as PaddleNLP's converted `LlamaForCausalLM` with `"alibi": true`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llmc.compiler.errors import LlmcError
+
+SUPPORTED = {
+    "LlamaForCausalLM": "llama (llama2, Chinese-LLaMA-2/Alpaca-2, PaddleNLP Baichuan2 with alibi)",
+    "BaichuanForCausalLM": "Baichuan2-7B (rope) / Baichuan2-13B (ALiBi)",
+}
+
+
+class ConfigError(LlmcError):
+    """A config.json that cannot describe a supported model."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything the graph builders need to know about a model."""
+
+    family: str  # "llama" | "baichuan"
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_size: int
+    rms_norm_eps: float = 1e-6
+    position: str = "rope"  # "rope" | "alibi"
+    rope_theta: float = 10000.0
+    rope_scaling_factor: float = 1.0  # linear position interpolation
+    qkv_packed: bool = False  # Baichuan W_pack = [Q|K|V] rows
+    norm_head: bool = False  # Baichuan2 NormHead: lm_head rows L2-normalised
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 4096
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    pad_token_id: int | None = 0
+    dtype: str = "float32"
+    source_format: str = "hf"  # "hf" | "paddle" | "paddleformers"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def name(self) -> str:
+        if self.family == "baichuan" or (self.position == "alibi"):
+            return "baichuan2-13b" if self.position == "alibi" else "baichuan2-7b"
+        if self.vocab_size == 55296:
+            return "chinese-llama-2"
+        return "llama2" if self.num_kv_heads == self.num_heads else "llama2-gqa"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (a model directory needs config.json)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _int(cfg: dict, path: Path, *keys: str, default=None) -> int:
+    for k in keys:
+        if k in cfg and cfg[k] is not None:
+            v = cfg[k]
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"{path}: field '{k}' must be a positive integer, got {v!r}")
+            return v
+    if default is not None:
+        return default
+    raise ConfigError(f"{path}: missing field '{keys[0]}'")
+
+
+def _float(cfg: dict, path: Path, key: str, default: float) -> float:
+    v = cfg.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{path}: field '{key}' must be a number, got {v!r}")
+    return float(v)
+
+
+def detect_family(cfg: dict, path: Path) -> str:
+    archs = cfg.get("architectures") or []
+    if not isinstance(archs, list):
+        raise ConfigError(f"{path}: field 'architectures' must be a list")
+    mt = cfg.get("model_type", "")
+    if "BaichuanForCausalLM" in archs or mt == "baichuan":
+        return "baichuan"
+    if "LlamaForCausalLM" in archs or mt == "llama" or (not archs and not mt):
+        return "llama"
+    got = ", ".join(archs) or mt
+    supported = "; ".join(f"{k}: {v}" for k, v in SUPPORTED.items())
+    raise ConfigError(f"{path}: unsupported architecture '{got}'. Supported: {supported}")
+
+
+def baichuan_uses_alibi(cfg: dict) -> bool:
+    """Baichuan2-13B uses ALiBi, 7B rope. HF configs do not say so directly: 7B
+    configs carry `max_position_embeddings`, 13B configs only `model_max_length`
+    (and 13B is 5120 wide / 40 layers). An explicit `alibi` field wins."""
+    if "alibi" in cfg:
+        return bool(cfg["alibi"])
+    if "max_position_embeddings" in cfg:
+        return False
+    return "model_max_length" in cfg or cfg.get("hidden_size") == 5120
+
+
+def parse_config(cfg: dict, path: Path = Path("config.json")) -> ModelConfig:
+    """Build a ModelConfig from a config.json dict, with errors naming the file and field."""
+    family = detect_family(cfg, path)
+    hidden = _int(cfg, path, "hidden_size")
+    heads = _int(cfg, path, "num_attention_heads")
+    kv = _int(cfg, path, "num_key_value_heads", default=heads)
+    if hidden % heads:
+        raise ConfigError(f"{path}: hidden_size {hidden} is not divisible by "
+                          f"num_attention_heads {heads}")
+    if heads % kv:
+        raise ConfigError(f"{path}: num_attention_heads {heads} is not divisible by "
+                          f"num_key_value_heads {kv}")
+    alibi = baichuan_uses_alibi(cfg) if family == "baichuan" else bool(cfg.get("alibi", False))
+    scaling = cfg.get("rope_scaling") or {}
+    factor = 1.0
+    if scaling:
+        if not isinstance(scaling, dict):
+            raise ConfigError(f"{path}: field 'rope_scaling' must be an object or null")
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind not in ("linear", "default"):
+            raise ConfigError(f"{path}: rope_scaling type '{kind}' is not supported (only 'linear')")
+        factor = _float(scaling, path, "factor", 1.0) if kind == "linear" else 1.0
+    if "paddleformers_version" in cfg:
+        fmt = "paddleformers"
+    elif "paddlenlp_version" in cfg or "transformers_version" not in cfg and family == "llama" and cfg.get("alibi"):
+        fmt = "paddle"
+    else:
+        fmt = "hf"
+    dtype = cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
+    return ModelConfig(
+        family=family,
+        hidden_size=hidden,
+        num_layers=_int(cfg, path, "num_hidden_layers", "num_layers"),
+        num_heads=heads,
+        num_kv_heads=kv,
+        intermediate_size=_int(cfg, path, "intermediate_size"),
+        vocab_size=_int(cfg, path, "vocab_size"),
+        rms_norm_eps=_float(cfg, path, "rms_norm_eps", 1e-6),
+        position="alibi" if alibi else "rope",
+        rope_theta=_float(cfg, path, "rope_theta", 10000.0),
+        rope_scaling_factor=factor,
+        qkv_packed=family == "baichuan",
+        norm_head=family == "baichuan" or bool(cfg.get("norm_head", False)),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        max_position_embeddings=_int(cfg, path, "max_position_embeddings", "model_max_length",
+                                     default=4096),
+        bos_token_id=cfg.get("bos_token_id", 1),
+        eos_token_id=cfg.get("eos_token_id", 2),
+        pad_token_id=cfg.get("pad_token_id", 0),
+        dtype=str(dtype),
+        source_format=fmt,
+    )
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    """Read a config.json file, or the config.json inside a model directory."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    return parse_config(read_json(p), p)

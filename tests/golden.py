@@ -1,0 +1,39 @@
+"""The numeric golden helper: a graph before vs after passes, on the reference interpreter."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from llmc import api
+from llmc.compiler.ir import Graph
+from llmc.compiler.passmanager import PassContext
+from llmc.compiler.text import parse, print_graph
+from llmc.compiler.verifier import verify
+from llmc.runtime.reference import random_inputs, random_weights, run
+
+
+def check_pass_numerics(graph: Graph | str, pipeline: str, dims: Mapping[str, int] | None = None,
+                        seeds: tuple[int, ...] = (0, 1), rtol: float = 1e-5, atol: float = 1e-5,
+                        weights: Mapping[str, np.ndarray] | None = None,
+                        int_high: Mapping[str, int] | None = None,
+                        ctx: PassContext | None = None) -> Graph:
+    """Run `pipeline` on a copy of `graph`, verify it, and compare outputs on fresh random
+    inputs (one draw per seed). Returns the transformed graph."""
+    before = parse(graph) if isinstance(graph, str) else parse(print_graph(graph))
+    after = parse(print_graph(before))
+    api.run_pipeline(after, pipeline, ctx=ctx)
+    verify(after)
+    dims = dict(dims or {})
+    w = dict(weights) if weights is not None else random_weights(before, dims)
+    for seed in seeds:
+        ins = random_inputs(before, dims, seed=seed, int_high=int_high)
+        want = run(before, ins, w)
+        got = run(after, ins, w)
+        assert len(want) == len(got)
+        for i, (a, b) in enumerate(zip(want, got)):
+            assert a.shape == b.shape and a.dtype == b.dtype, f"output {i}: {a.shape}/{a.dtype} vs {b.shape}/{b.dtype}"
+            np.testing.assert_allclose(b.astype(np.float64), a.astype(np.float64), rtol=rtol,
+                                       atol=atol, err_msg=f"output {i} differs after '{pipeline}'")
+    return after
