@@ -68,8 +68,10 @@ class ArrayStub:
             state = state[1:]
         shape, dtype, fortran, data = state
         if not isinstance(data, (bytes, LazyBytes)):
-            raise pickle.UnpicklingError("array data is not a byte string (object arrays are refused)")
-        self.shape, self.dtype, self.fortran, self.data = tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran), data
+            raise pickle.UnpicklingError("array data is not a byte string "
+                                         "(object arrays are refused)")
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype, self.fortran, self.data = np.dtype(dtype), bool(fortran), data
 
 
 class _LazyUnpickler(pickle._Unpickler):  # type: ignore[name-defined]

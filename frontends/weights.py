@@ -263,7 +263,7 @@ def _tp_files(d: Path) -> list[Path]:
 
 def discover(d: Path, allow_pickle: bool,
              config=None) -> tuple[str, dict[str, Entry], list[Path]]:
-    """(format, entries, files) of the weights in model directory `d` ('none' when there are none)."""
+    """(format, entries, files) of the weights in model directory `d` ('none': no weights)."""
     fmt, entries = _discover(d, allow_pickle, config)
     if fmt.startswith("pdparams-tp"):
         return fmt, entries, _tp_files(d)
@@ -334,6 +334,14 @@ class WeightStore(Mapping[str, np.ndarray]):
                                   ".pdparams)")
         self.path = p
         self.compute_dtype = compute_dtype
+
+    @classmethod
+    def empty(cls, path: str | Path) -> "WeightStore":
+        """An unbacked store with no tensors (compiling from a config alone)."""
+        store = cls.__new__(cls)
+        store.path, store.format, store._entries, store.files = Path(path), "none", {}, []
+        store.compute_dtype = "float32"
+        return store
 
     @property
     def backed(self) -> bool:
