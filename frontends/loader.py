@@ -51,8 +51,8 @@ class Checkpoint:
     def problems(self, expected: Mapping[str, tuple[int, ...]]) -> list[str]:
         """Every mismatch between `expected` and the checkpoint, one line each."""
         if not self.weights.backed:
-            return [f"{self.model_dir}: no weight files (looked for model.safetensors[.index.json], "
-                    "model_state[.tpNN].pdparams, pytorch_model.bin)"]
+            return [f"{self.model_dir}: no weight files (looked for model.safetensors"
+                    "[.index.json], model_state[.tpNN].pdparams, pytorch_model.bin)"]
         out = [p for name, shape in expected.items() if (p := self.check_tensor(name, shape))]
         for name in self.weights:
             if name not in expected and not name.endswith(IGNORED_EXTRAS):
