@@ -108,15 +108,21 @@ def _expected(tokens) -> str:
     return ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
 
 
+def decode_text(data: str | bytes, filename: str = "<input>") -> str:
+    """UTF-8 text of a file's bytes, or a located error."""
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise IRSyntaxError(f"not UTF-8 text (bad byte at offset {e.start})", filename) from None
+
+
 def parse(text: str | bytes, filename: str = "<input>") -> Graph:
     """Parse IR text into a verified-shape Graph; raises IRSyntaxError with file:line:col."""
     from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
 
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise IRSyntaxError(f"not UTF-8 text (bad byte at offset {e.start})", filename) from None
+    text = decode_text(text, filename)
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
         raise IRSyntaxError("binary data (NUL byte) in IR text", filename, text, line, 1)

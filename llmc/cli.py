@@ -72,13 +72,13 @@ def opt(
     counts and timings: `--- Running IR pass [dce]  matched 3  ops 12 -> 9  0.1 ms`.
     """
     from llmc import api
-    from llmc.compiler.text import split_cases
+    from llmc.compiler.text import decode_text, split_cases
 
     if emit not in ("ir", "dot"):
         raise api.LlmcError(f"--emit must be 'ir' or 'dot', got '{emit}'")
     name = "<stdin>" if str(file) == "-" else str(file)
     data = sys.stdin.read() if name == "<stdin>" else api.read_text(file)
-    cases = split_cases(data) if split_input_file else [(0, data)]
+    cases = split_cases(decode_text(data, name)) if split_input_file else [(0, data)]
     inst = _instruments(print_ir_before, print_ir_after, print_ir_after_all, dump_dir,
                         disable_pass, verify_each)
     outs, reports = [], []

@@ -20,7 +20,7 @@ class ConstantFold(Pass):
     def run(self, g: Graph, ctx: PassContext) -> int:
         n = 0
         for op in g.ops:
-            if op.kind == "constant" or not op.inputs or "pure" not in get_op(op.kind).traits:
+            if op.kind == "constant" or "pure" not in get_op(op.kind).traits:
                 continue
             if not all(v.producer is not None and v.producer.kind == "constant" for v in op.inputs):
                 continue

@@ -28,6 +28,8 @@ class AttrSpec:
     def coerce(self, op: str, name: str, value):
         """Check `value` against the attr kind; returns the canonical value."""
         k = self.kind
+        if k == "dtype" and isinstance(value, str) and value in DType._value2member_map_:
+            value = DType(value)
         ok = {
             "int": lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool),
             "float": lambda v: isinstance(v, (int, float, np.floating)) and not isinstance(v, bool),

@@ -183,7 +183,9 @@ def _const_infer(value, shape, dtype):
 def constant(value, shape, dtype):
     """A small literal tensor (one value broadcasts to the whole shape)."""
     arr = np.asarray(value, dtype=np.float64)
-    return np.broadcast_to(arr, shape).astype(dtype.np) if arr.size == 1 else arr.reshape(shape).astype(dtype.np)
+    if arr.size == 1:
+        return np.full(shape, arr.reshape(()), dtype=np.float64).astype(dtype.np)
+    return arr.reshape(shape).astype(dtype.np)
 
 
 def _arange_infer(n: TensorType | None = None, *, start, end, dtype):
