@@ -1,6 +1,7 @@
 """All ops, declared once each in the registry (schema, inference, reference kernel)."""
 
 from . import arith, nn, tensor  # noqa: F401  (declares the core ops)
+from . import inference  # noqa: F401  (Paddle inference ops)
 from . import fused  # noqa: F401  (fused ops the target pipelines produce)
 from .registry import REGISTRY, AttrSpec, OpDef, OpError, defop, get_op
 

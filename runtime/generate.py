@@ -1,0 +1,118 @@
+"""Greedy generation over the inference graph form, and full-form logits, on the
+reference interpreter.
+
+The generator owns the paged KV cache: it gives each sequence its own run of
+blocks in a shared pool, prefills every prompt in one step, then decodes one
+token per sequence per step, threading the caches the graph returns back in.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+
+from llmc.compiler.errors import LlmcError
+from llmc.compiler.ir import Graph
+
+from .reference import run
+
+TokenCallback = Callable[[int, int], None]
+
+
+class GenerationError(LlmcError):
+    """Bad generation request (empty prompt, too long for the block table...)."""
+
+
+def full_logits(graph: Graph, weights: Mapping[str, np.ndarray], input_ids) -> np.ndarray:
+    """Logits [batch, seq, vocab] of the full form for input_ids [batch, seq] (positions 0..seq-1)."""
+    ids = np.asarray(input_ids, dtype=np.int64)
+    if ids.ndim != 2:
+        raise GenerationError(f"input_ids must be [batch, seq], got shape {list(ids.shape)}")
+    pos = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
+    return run(graph, {"input_ids": ids, "position_ids": pos}, weights)[0]
+
+
+class Generator:
+    """Greedy decoding over an inference-form graph (frontends.llama.build_inference)."""
+
+    def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray]):
+        self.graph, self.weights = graph, weights
+        self.cache_inputs = [v for v in graph.inputs if v.name.startswith(("cache_k_", "cache_v_"))]
+        if not self.cache_inputs or "block_tables" not in {v.name for v in graph.inputs}:
+            raise GenerationError(f"graph @{graph.name} is not an inference-form graph "
+                                  "(no cache or block_tables inputs)")
+        kv, self.block_size, d = self.cache_inputs[0].type.shape[1:]
+        self.cache_shape = (int(kv), int(self.block_size), int(d))
+        self.cache_dtype = self.cache_inputs[0].type.dtype.np
+        tables = next(v for v in graph.inputs if v.name == "block_tables")
+        width = tables.type.shape[1]
+        self.max_blocks = width if isinstance(width, int) else None
+
+    def _alloc(self, batch: int, max_tokens: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        per_seq = -(-max_tokens // self.block_size)
+        if self.max_blocks is not None:
+            if per_seq > self.max_blocks:
+                raise GenerationError(
+                    f"{max_tokens} tokens need {per_seq} blocks of {self.block_size}; the graph's "
+                    f"block table holds {self.max_blocks}")
+            per_seq = self.max_blocks
+        tables = np.arange(batch * per_seq, dtype=np.int32).reshape(batch, per_seq)
+        caches = {v.name: np.zeros((batch * per_seq, *self.cache_shape), self.cache_dtype)
+                  for v in self.cache_inputs}
+        return tables, caches
+
+    def _step(self, ids: np.ndarray, this_time, enc, dec, tables, caches) -> np.ndarray:
+        feeds = {"input_ids": ids, "seq_lens_this_time": np.asarray(this_time, np.int32),
+                 "seq_lens_encoder": np.asarray(enc, np.int32),
+                 "seq_lens_decoder": np.asarray(dec, np.int32), "block_tables": tables, **caches}
+        outs = run(self.graph, feeds, self.weights)
+        for v, arr in zip(self.cache_inputs, outs[1:]):
+            caches[v.name] = arr
+        return outs[0]
+
+    def stream(self, prompt_ids: list[list[int]], max_new_tokens: int,
+               eos_token_id: int | None = None) -> Iterator[list[int | None]]:
+        """Yield, per step, each sequence's new token (None once it has finished)."""
+        if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+            raise GenerationError("every prompt needs at least one token")
+        lens = np.array([len(p) for p in prompt_ids], np.int32)
+        batch, width = len(prompt_ids), int(lens.max())
+        tables, caches = self._alloc(batch, width + max_new_tokens)
+        ids = np.zeros((batch, width), np.int64)
+        for i, p in enumerate(prompt_ids):
+            ids[i, : len(p)] = p
+        zeros = np.zeros(batch, np.int32)
+        logits = self._step(ids, lens, lens, zeros, tables, caches)
+        done = np.zeros(batch, bool)
+        dec = lens.copy()
+        for step in range(max_new_tokens):
+            tok = np.argmax(logits, axis=-1)
+            yield [None if d else int(t) for d, t in zip(done, tok)]
+            if eos_token_id is not None:
+                done |= tok == eos_token_id
+            if done.all() or step == max_new_tokens - 1:
+                return
+            live = (~done).astype(np.int32)
+            logits = self._step(tok.astype(np.int64)[:, None], live, zeros, dec * live, tables, caches)
+            dec += live
+
+    def generate(self, prompt_ids: list[list[int]], max_new_tokens: int,
+                 eos_token_id: int | None = None, on_token: TokenCallback | None = None
+                 ) -> list[list[int]]:
+        """New tokens per prompt (eos included when reached); `on_token(seq, token)` sees each."""
+        out: list[list[int]] = [[] for _ in prompt_ids]
+        for toks in self.stream(prompt_ids, max_new_tokens, eos_token_id):
+            for i, t in enumerate(toks):
+                if t is not None:
+                    out[i].append(t)
+                    if on_token is not None:
+                        on_token(i, t)
+        return out
+
+
+def generate(graph: Graph, weights: Mapping[str, np.ndarray], prompt_ids: list[list[int]],
+             max_new_tokens: int, eos_token_id: int | None = None,
+             on_token: TokenCallback | None = None) -> list[list[int]]:
+    """Greedy decoding of every prompt: the new token ids (prompt excluded) per prompt."""
+    return Generator(graph, weights).generate(prompt_ids, max_new_tokens, eos_token_id, on_token)
