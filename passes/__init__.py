@@ -3,3 +3,8 @@
 Importing this package registers every pass with the pass manager."""
 
 from . import canonicalize, constant_fold, cse, dce  # noqa: F401
+from . import fuse_rms_norm  # noqa: F401
+from . import fuse_rope  # noqa: F401
+from . import fuse_attention  # noqa: F401
+from . import fuse_mlp  # noqa: F401
+from . import fuse_qkv  # noqa: F401

@@ -18,9 +18,10 @@ def check_pass_numerics(graph: Graph | str, pipeline: str, dims: Mapping[str, in
                         seeds: tuple[int, ...] = (0, 1), rtol: float = 1e-5, atol: float = 1e-5,
                         weights: Mapping[str, np.ndarray] | None = None,
                         int_high: Mapping[str, int] | None = None,
-                        ctx: PassContext | None = None) -> Graph:
+                        ctx: PassContext | None = None,
+                        inputs: Mapping[str, np.ndarray] | None = None) -> Graph:
     """Run `pipeline` on a copy of `graph`, verify it, and compare outputs on fresh random
-    inputs (one draw per seed). Returns the transformed graph."""
+    inputs (one draw per seed; `inputs` pins some of them). Returns the transformed graph."""
     before = parse(graph) if isinstance(graph, str) else parse(print_graph(graph))
     after = parse(print_graph(before))
     api.run_pipeline(after, pipeline, ctx=ctx)
@@ -28,7 +29,7 @@ def check_pass_numerics(graph: Graph | str, pipeline: str, dims: Mapping[str, in
     dims = dict(dims or {})
     w = dict(weights) if weights is not None else random_weights(before, dims)
     for seed in seeds:
-        ins = random_inputs(before, dims, seed=seed, int_high=int_high)
+        ins = {**random_inputs(before, dims, seed=seed, int_high=int_high), **(inputs or {})}
         want = run(before, ins, w)
         got = run(after, ins, w)
         assert len(want) == len(got)

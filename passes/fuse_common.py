@@ -1,0 +1,63 @@
+"""Helpers shared by the fusion passes: model facts, constants, sibling linears."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmc.compiler.ir import Graph, Op, Value
+from llmc.compiler.passmanager import PassContext
+
+
+def num_layers(ctx: PassContext) -> int | None:
+    """The model's layer count, when the compile driver put it in the context."""
+    n = ctx.model.get("num_layers")
+    return int(n) if n is not None else None
+
+
+def count(g: Graph, kind: str) -> int:
+    """How many ops of `kind` the graph holds (an anchor count for expected matches)."""
+    return g.op_counts().get(kind, 0)
+
+
+def const_array(v: Value) -> np.ndarray | None:
+    """The value of a `constant` op's result as an f64 array, or None."""
+    op = v.producer
+    if op is None or op.kind != "constant":
+        return None
+    arr = np.asarray(op.attrs["value"], dtype=np.float64)
+    shape = op.attrs["shape"]
+    return np.broadcast_to(arr.reshape(()), shape) if arr.size == 1 else arr.reshape(shape)
+
+
+def const_scalar(v: Value) -> float | None:
+    """A constant holding one value (any shape that broadcasts it), or None."""
+    arr = const_array(v)
+    if arr is None or arr.size == 0 or not np.all(arr == arr.flat[0]):
+        return None
+    return float(arr.flat[0])
+
+
+def users_after(v: Value, op: Op, ignore: set[Op]) -> bool:
+    """True when every user of `v` outside `ignore` comes after `op` in program order."""
+    return all(u in ignore or u.seq > op.seq for u in v.users)
+
+
+def plain_linear(op: Op) -> bool:
+    """A bias-free linear whose weight is a graph parameter."""
+    return op.kind == "linear" and len(op.inputs) == 2 and op.inputs[1].is_param
+
+
+def merge_linears(g: Graph, lins: list[Op]) -> Value:
+    """One linear on the concatenated weights of `lins` (same input, same layout).
+
+    The new ops go before the earliest of `lins`; returns the merged output.
+    """
+    from llmc.compiler.builder import make_op
+
+    tw = lins[0].attrs["transpose_w"]
+    first = min(lins, key=lambda o: o.seq)
+    ws = [o.inputs[1] for o in lins]
+    cat = make_op(g, "concat", ws, {"axis": 0 if tw else 1})
+    lin = make_op(g, "linear", [lins[0].inputs[0], cat.output], {"transpose_w": tw})
+    g.insert_before(first, [cat, lin])
+    return lin.output

@@ -1,0 +1,61 @@
+"""fuse_swiglu: mul(silu(g), u) → swiglu(g, u); fuse_gate_up: swiglu of two sibling
+linears → one linear on the concatenated [gate | up] weight and one-operand swiglu."""
+
+from __future__ import annotations
+
+from llmc.compiler.ir import Graph
+from llmc.compiler.passmanager import Pass, PassContext, register_pass
+from llmc.compiler.rewrite import P, apply_rules, rule
+
+from .fuse_common import count, num_layers
+
+x = P.var("x")
+
+
+@rule(P("mul", P("silu", P.var("g")), P.var("u")),
+      check=lambda m: m["g"].type == m["u"].type)
+def swiglu(rw, g, u):
+    return rw.op("swiglu", g, u)
+
+
+def _siblings(m) -> bool:
+    lg, lu = m["lg"], m["lu"]
+    return (lg.attrs["transpose_w"] == lu.attrs["transpose_w"] and lg.output.type == lu.output.type
+            and m["wg"].type == m["wu"].type
+            and all(len(o.output.users) == 1 and o.output not in o.graph.outputs for o in (lg, lu)))
+
+
+@rule(P("swiglu", P("linear", x, P.param("wg"), name="lg"), P("linear", x, P.param("wu"), name="lu")),
+      check=_siblings)
+def gate_up(rw, x, wg, wu, lg, lu):
+    tw = lg.attrs["transpose_w"]
+    w = rw.op("concat", wg, wu, axis=0 if tw else 1)
+    return rw.op("swiglu", rw.op("linear", x, w, transpose_w=tw))
+
+
+@register_pass
+class FuseSwiglu(Pass):
+    """mul(silu(gate), up) → swiglu(gate, up)."""
+
+    name = "fuse_swiglu"
+
+    def run(self, g: Graph, ctx: PassContext) -> int:
+        return apply_rules(g, [swiglu])
+
+    def expected(self, g: Graph, ctx: PassContext) -> int | None:
+        n = num_layers(ctx)
+        return n if n is not None else count(g, "silu")
+
+
+@register_pass
+class FuseGateUp(Pass):
+    """swiglu(linear(x, Wg), linear(x, Wu)) → swiglu(linear(x, concat(Wg, Wu)))."""
+
+    name = "fuse_gate_up"
+
+    def run(self, g: Graph, ctx: PassContext) -> int:
+        return apply_rules(g, [gate_up])
+
+    def expected(self, g: Graph, ctx: PassContext) -> int | None:
+        n = num_layers(ctx)
+        return n if n is not None else sum(1 for op in g.ops if op.kind == "swiglu" and len(op.inputs) == 2)

@@ -1,0 +1,54 @@
+"""fuse_qkv: three bias-free linears reading the same value (q, k, v projections) →
+one linear on the concatenated weights + split."""
+
+from __future__ import annotations
+
+from llmc.compiler.builder import make_op
+from llmc.compiler.ir import Graph
+from llmc.compiler.passmanager import Pass, PassContext, register_pass
+
+from .fuse_common import merge_linears, num_layers, plain_linear
+
+
+def sibling_groups(g: Graph, size: int) -> list[list]:
+    """Groups of exactly `size` plain linears (same layout) that read one value."""
+    groups = []
+    seen = set()
+    for op in g.ops:
+        if not plain_linear(op) or op.inputs[0] in seen:
+            continue
+        x = op.inputs[0]
+        seen.add(x)
+        lins = [u for u in x.users if plain_linear(u) and u.inputs[0] is x]
+        layouts = {u.attrs["transpose_w"] for u in lins}
+        if len(lins) == size and len(layouts) == 1:
+            groups.append(sorted(lins, key=lambda o: o.seq))
+    return groups
+
+
+@register_pass
+class FuseQkv(Pass):
+    """Three sibling projections (q, k, v) → one linear on concat(Wq, Wk, Wv) + split."""
+
+    name = "fuse_qkv"
+
+    def run(self, g: Graph, ctx: PassContext) -> int:
+        groups = sibling_groups(g, 3)
+        for lins in groups:
+            sizes = [o.output.type.shape[-1] for o in lins]
+            if not all(isinstance(s, int) for s in sizes):
+                continue
+            merged = merge_linears(g, lins)
+            split = make_op(g, "split", [merged], {"axis": -1, "sizes": sizes})
+            g.insert_before(min(lins, key=lambda o: o.seq), [split])
+            for old, new in zip(lins, split.outputs):
+                g.replace_all_uses(old.output, new)
+                g.erase(old)
+        g.renumber()
+        return len(groups)
+
+    def expected(self, g: Graph, ctx: PassContext) -> int | None:
+        n = num_layers(ctx)
+        if n is None:
+            return None
+        return 0 if ctx.model.get("qkv_packed") else n

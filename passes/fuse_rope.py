@@ -1,0 +1,102 @@
+"""fuse_rope: HF's rotate_half rope on q or k → `rope(x, positions){theta, scaling_factor}`.
+
+The cos/sin tables must trace back to the position ids through
+`cast` (→ `div` by a constant factor) → `unsqueeze` → `mul` by a constant inv_freq;
+theta is recovered from inv_freq and every entry is checked against it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmc.compiler.ir import DType, Graph, Value
+from llmc.compiler.passmanager import Pass, PassContext, register_pass
+from llmc.compiler.rewrite import P, apply_rules, rule
+
+from .fuse_common import const_array, const_scalar, count, num_layers
+
+x, f = P.var("x"), P.var("f")
+
+
+def _table(fn: str) -> P:
+    return P("unsqueeze", P(fn, P("concat", f, f, attrs={"axis": lambda a: a in (-1, 1, 2)})),
+             attrs={"axes": (2,)})
+
+
+ROPE = P("add", P("mul", x, _table("cos")),
+         P("mul", P("concat", P("neg", P("slice", x, name="hi")), P("slice", x, name="lo"),
+                    attrs={"axis": lambda a: a in (3, -1)}),
+           _table("sin")))
+
+
+def trace_freqs(f: Value) -> tuple[Value, float, float] | None:
+    """(position_ids, theta, scaling_factor) when f = unsqueeze(pos / factor) * inv_freq."""
+    mul = f.producer
+    if mul is None or mul.kind != "mul":
+        return None
+    for a, b in (mul.inputs, mul.inputs[::-1]):
+        inv = const_array(b)
+        un = a.producer
+        if inv is None or inv.ndim != 1 or un is None or un.kind != "unsqueeze" or un.attrs["axes"] != (2,):
+            continue
+        pos, factor = un.inputs[0], 1.0
+        if pos.producer is not None and pos.producer.kind == "div":
+            factor = const_scalar(pos.producer.inputs[1])
+            pos = pos.producer.inputs[0]
+        cast = pos.producer
+        if factor is None or cast is None or cast.kind != "cast" or cast.inputs[0].type.dtype not in (DType.i64, DType.i32):
+            return None
+        theta = theta_of(inv)
+        return (cast.inputs[0], theta, factor) if theta is not None else None
+    return None
+
+
+def theta_of(inv_freq: np.ndarray) -> float | None:
+    """theta with inv_freq[i] == 1 / theta ** (2i / d) for every i (f32 tolerance), or None."""
+    d = 2 * inv_freq.size
+    if inv_freq.size < 2 or not 0 < inv_freq[1] < 1:
+        return None
+    est = float(inv_freq[1]) ** (-d / 2.0)
+    exps = np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / np.float32(d)
+    for theta in (float(round(est)), round(est, 3), est):
+        want = (1.0 / (np.float32(theta) ** exps)).astype(np.float32)
+        if np.allclose(inv_freq, want, rtol=1e-6, atol=0):
+            return theta
+    return None
+
+
+def _check(m) -> bool:
+    d = m["x"].type.shape[-1]
+    if m["x"].type.rank != 4 or not isinstance(d, int) or d % 2:
+        return False
+    hi, lo, h = m["hi"].attrs, m["lo"].attrs, d // 2
+    big = lambda e: e >= d  # noqa: E731
+    return (hi["axes"] in ((3,), (-1,)) and hi["starts"] == (h,) and big(hi["ends"][0]) and not hi["steps"]
+            and lo["axes"] == hi["axes"] and lo["starts"] == (0,) and lo["ends"] == (h,) and not lo["steps"]
+            and m["f"].type.shape[-1] == h)
+
+
+@rule(ROPE, check=_check)
+def rope(rw, x, f, hi, lo):
+    traced = trace_freqs(f)
+    if traced is None:
+        return None
+    pos, theta, factor = traced
+    if pos.type.rank not in (1, 2):
+        return None
+    return rw.op("rope", x, pos, theta=theta, scaling_factor=factor)
+
+
+@register_pass
+class FuseRope(Pass):
+    """rotate_half rope on q/k with cos/sin tables from the position ids → rope."""
+
+    name = "fuse_rope"
+
+    def run(self, g: Graph, ctx: PassContext) -> int:
+        return apply_rules(g, [rope])
+
+    def expected(self, g: Graph, ctx: PassContext) -> int | None:
+        n = num_layers(ctx)
+        if n is not None:
+            return 2 * n if ctx.model.get("position", "rope") == "rope" else 0
+        return count(g, "neg")

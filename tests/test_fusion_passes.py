@@ -1,0 +1,93 @@
+"""Per-op fusion passes on real built full-form graphs of every architecture:
+match counts equal the model's prediction and outputs are unchanged."""
+
+import numpy as np
+import pytest
+
+from golden import check_pass_numerics
+from llmc import api
+from llmc.compiler.text import print_graph
+from llmc.compiler.passmanager import PassContext
+from llmc.frontends.config import parse_config
+from llmc.frontends.fixtures import tiny_config
+from llmc.frontends.llama import build_full
+from llmc.frontends.naming import naming_for
+
+ARCHES = ["llama", "llama_gqa", "llama_rope_scaling", "baichuan2_7b", "baichuan2_13b"]
+B, S = 2, 5
+POS = {"position_ids": np.tile(np.arange(3, 3 + S, dtype=np.int64), (B, 1))}
+ANCHOR = {"fuse_rms_norm": "rsqrt", "fuse_rope": "neg", "fuse_attention": "softmax",
+          "fuse_swiglu": "silu"}
+
+
+def model_ctx(cfg) -> PassContext:
+    return PassContext(model={"num_layers": cfg.num_layers, "position": cfg.position,
+                              "qkv_packed": cfg.qkv_packed})
+
+
+def full_graph(arch):
+    cfg = parse_config(tiny_config(arch))
+    return cfg, build_full(cfg, naming_for(cfg.source_format))
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("pipeline", ["fuse_rms_norm", "fuse_rms_norm{residual=false}", "fuse_rope",
+                                      "fuse_attention", "fuse_swiglu", "fuse_swiglu,fuse_gate_up",
+                                      "fuse_qkv"])
+def test_fusion_preserves_logits(arch, pipeline):
+    cfg, g = full_graph(arch)
+    after = check_pass_numerics(g, pipeline, {"batch": B, "seq": S}, seeds=(0,), rtol=1e-4, atol=1e-4,
+                                int_high={"input_ids": cfg.vocab_size}, inputs=POS, ctx=model_ctx(cfg))
+    idle = (pipeline == "fuse_rope" and cfg.position == "alibi") or (pipeline == "fuse_qkv" and cfg.qkv_packed)
+    assert (print_graph(after) == print_graph(g)) == idle
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_match_counts_follow_the_model(arch):
+    cfg, g = full_graph(arch)
+    L = cfg.num_layers
+    want = {"fuse_rms_norm": 2 * L + 1, "fuse_rope": 0 if cfg.position == "alibi" else 2 * L,
+            "fuse_attention": L, "fuse_swiglu": L, "fuse_gate_up": L,
+            "fuse_qkv": 0 if cfg.qkv_packed else L}
+    recs = api.run_pipeline(g, ",".join(want), ctx=model_ctx(cfg))
+    assert {r.name: r.matched for r in recs} == want
+    assert not any(r.mismatch for r in recs)
+    kinds = g.op_counts()
+    assert kinds.get("attention") == L and kinds.get("swiglu") == L
+    assert kinds.get("rope", 0) == (0 if cfg.position == "alibi" else 2 * L)
+
+
+@pytest.mark.parametrize("pass_name,anchor", sorted(ANCHOR.items()))
+def test_expected_from_graph_without_model_facts(pass_name, anchor):
+    _, g = full_graph("llama_gqa")
+    recs = api.run_pipeline(g, pass_name)
+    assert recs[0].expected == recs[0].matched > 0
+
+
+def test_alibi_becomes_attention_bias():
+    cfg, g = full_graph("baichuan2_13b")
+    api.run_pipeline(g, "fuse_attention,dce")
+    attn = [op for op in g.ops if op.kind == "attention"]
+    assert len(attn) == cfg.num_layers
+    assert all(len(op.inputs) == 4 and op.inputs[3].producer.kind == "alibi_bias" for op in attn)
+
+
+def test_rope_recovers_theta_and_scaling():
+    cfg, g = full_graph("llama_rope_scaling")
+    api.run_pipeline(g, "fuse_rope")
+    ropes = [op for op in g.ops if op.kind == "rope"]
+    assert {(op.attrs["theta"], op.attrs["scaling_factor"]) for op in ropes} == {(cfg.rope_theta, 2.0)}
+    cfg, g = full_graph("llama_gqa")
+    api.run_pipeline(g, "fuse_rope")
+    assert {op.attrs["theta"] for op in g.ops if op.kind == "rope"} == {500000.0}
+
+
+def test_rope_refuses_a_perturbed_inv_freq():
+    from llmc.passes.fuse_rope import theta_of
+    from llmc.frontends.decoder import inv_freq
+
+    good = inv_freq(16, 10000.0).astype(np.float64)
+    assert theta_of(good) == 10000.0
+    bad = good.copy()
+    bad[5] *= 1.001
+    assert theta_of(bad) is None
