@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -39,21 +39,30 @@ class Checkpoint:
     weights: WeightStore
     tokenizer_files: list[Path] = field(default_factory=list)
 
-    def validate(self, expected: Mapping[str, tuple[int, ...]]) -> None:
-        """Check the checkpoint holds exactly `expected` (name -> stored shape), float tensors."""
-        problems = self.problems(expected)
+    def validate(self, expected: Mapping[str, tuple[int, ...]],
+                 progress: Callable[[str], None] | None = None) -> None:
+        """Check the checkpoint holds exactly `expected` (name -> stored shape), float tensors.
+
+        `progress(name)` is called after each expected tensor is checked."""
+        problems = self.problems(expected, progress)
         if problems:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             err = CheckpointError(problems[0] + more)
             err.problems = problems
             raise err
 
-    def problems(self, expected: Mapping[str, tuple[int, ...]]) -> list[str]:
+    def problems(self, expected: Mapping[str, tuple[int, ...]],
+                 progress: Callable[[str], None] | None = None) -> list[str]:
         """Every mismatch between `expected` and the checkpoint, one line each."""
         if not self.weights.backed:
             return [f"{self.model_dir}: no weight files (looked for model.safetensors"
                     "[.index.json], model_state[.tpNN].pdparams, pytorch_model.bin)"]
-        out = [p for name, shape in expected.items() if (p := self.check_tensor(name, shape))]
+        out = []
+        for name, shape in expected.items():
+            if (p := self.check_tensor(name, shape)) is not None:
+                out.append(p)
+            if progress is not None:
+                progress(name)
         for name in self.weights:
             if name not in expected and not name.endswith(IGNORED_EXTRAS):
                 dtype, shape = self.weights.info(name)

@@ -91,3 +91,54 @@ def to_dot(g: Graph) -> str:
     from llmc.compiler.graphviz import to_dot as _dot
 
     return _dot(g)
+
+
+# ---- checkpoints: import / inspect (frontends/loader.py) ----------------------
+
+
+def open_model(model_dir: str | Path, allow_pickle: bool = False):
+    """Open a model directory (config + weight headers, no tensor data): a `Checkpoint`."""
+    from llmc.frontends.loader import open_checkpoint
+
+    return open_checkpoint(model_dir, allow_pickle=allow_pickle)
+
+
+def build_model_graph(ckpt, form: str = "full") -> Graph:
+    """The `full` or `inference` graph of an opened checkpoint (params unbacked)."""
+    from llmc.frontends.llama import build_full, build_inference
+
+    builders = {"full": build_full, "inference": build_inference}
+    if form not in builders:
+        raise LlmcError(f"--form must be 'full' or 'inference', got '{form}'")
+    return builders[form](ckpt.config, ckpt.naming)
+
+
+def param_shapes(g: Graph) -> dict[str, tuple]:
+    """Each graph parameter's name and static shape."""
+    return {name: tuple(v.type.shape) for name, v in g.params.items()}
+
+
+def inspect_model(model_dir: str | Path, allow_pickle: bool = False, form: str = "full",
+                  progress: Callable[[str], None] | None = None, ckpt=None,
+                  graph: Graph | None = None) -> dict:
+    """Summary of a model directory, its weights checked against the graph (nothing written)."""
+    ckpt = ckpt or open_model(model_dir, allow_pickle)
+    g = graph or build_model_graph(ckpt, form)
+    expected = param_shapes(g)
+    if ckpt.weights.backed:
+        ckpt.validate(expected, progress)
+    return dict(ckpt.summary(expected), graph_params=len(expected),
+                weights="checked" if ckpt.weights.backed else "none (config only)")
+
+
+def import_model(model_dir: str | Path, output: str | Path, form: str = "full",
+                 allow_pickle: bool = False,
+                 progress: Callable[[str], None] | None = None, ckpt=None) -> dict:
+    """Write the model's IR text (params by name) to `output` atomically; returns the summary."""
+    ckpt = ckpt or open_model(model_dir, allow_pickle)
+    g = build_model_graph(ckpt, form)
+    summary = inspect_model(model_dir, form=form, progress=progress, ckpt=ckpt, graph=g)
+    if not Path(output).parent.is_dir():
+        raise LlmcError(f"{output}: the output directory does not exist")
+    write_atomic(output, print_graph(g))
+    return dict(summary, output=str(output), form=form, ops=len(g))

@@ -157,6 +157,78 @@ def demo(
     demo_mod.main(layers=layers, json_out=json_out, log=typer.echo)
 
 
+ModelDir = typer.Argument(..., help="Model directory (config.json + weights), or a config .json.")
+AllowPickle = typer.Option(False, "--allow-pickle", help="Allow pytorch_model.bin (a pickle: only for trusted files).")
+Form = typer.Option("full", "--form", help="Graph form: 'full' (training / parity) or 'inference' (KV cache).")
+
+
+def _print_summary(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_row("architecture", f"{s['architecture']} ({s['model']}, {s['family']} family)")
+    t.add_row("shape", f"{s['layers']} layers, hidden {s['hidden_size']}, {s['heads']} heads "
+              f"({s['kv_heads']} kv), vocab {s['vocab_size']}, {s['position']}")
+    t.add_row("parameters", f"{s['params']:,} ({s['bytes'] / 2**20:,.1f} MiB, {s['dtype']})")
+    t.add_row("weights", f"{s['weights']}; {s['format']}, {len(s['files'])} file(s)")
+    if "output" in s:
+        t.add_row("wrote", f"{s['output']} ({s['form']} form, {s['ops']} ops)")
+    Console().print(t)
+
+
+def _report(s: dict, json_out: bool) -> None:
+    if json_out:
+        typer.echo(json.dumps(s, indent=2))
+    else:
+        _print_summary(s)
+
+
+def _with_progress(fn, total: int, quiet: bool):
+    """Call fn(progress) with a rich progress bar on stderr over `total` tensors."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    if quiet:
+        return fn(None)
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("checking weights", total=total)
+        return fn(lambda _name: bar.advance(task))
+
+
+@app.command("import")
+def import_(
+    model_dir: Path = ModelDir,
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the IR text (atomically)."),
+    form: str = Form,
+    allow_pickle: bool = AllowPickle,
+    json_out: bool = JsonOut,
+):
+    """Map a checkpoint to IR: write the graph text (params by name) and print a summary."""
+    from llmc import api
+
+    ckpt = api.open_model(model_dir, allow_pickle)
+    s = _with_progress(lambda p: api.import_model(model_dir, output, form, allow_pickle, p, ckpt),
+                       len(ckpt.weights), json_out)
+    _report(s, json_out)
+
+
+@app.command()
+def inspect(
+    model_dir: Path = ModelDir,
+    form: str = Form,
+    allow_pickle: bool = AllowPickle,
+    json_out: bool = JsonOut,
+):
+    """Print a checkpoint's summary (architecture, parameters, bytes, dtype) without writing."""
+    from llmc import api
+
+    ckpt = api.open_model(model_dir, allow_pickle)
+    s = _with_progress(lambda p: api.inspect_model(model_dir, allow_pickle, form, p, ckpt=ckpt),
+                       len(ckpt.weights), json_out)
+    _report(s, json_out)
+
+
 def main() -> None:
     """Console entry point: user errors become one message and exit code 2."""
     from llmc.compiler.errors import IRSyntaxError, LlmcError
