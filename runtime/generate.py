@@ -8,6 +8,7 @@ token per sequence per step, threading the caches the graph returns back in.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
 import numpy as np
@@ -31,6 +32,16 @@ def full_logits(graph: Graph, weights: Mapping[str, np.ndarray], input_ids) -> n
         raise GenerationError(f"input_ids must be [batch, seq], got shape {list(ids.shape)}")
     pos = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
     return run(graph, {"input_ids": ids, "position_ids": pos}, weights)[0]
+
+
+@dataclass
+class Session:
+    """Per-request generation state: block tables, caches, tokens held, finished flags."""
+
+    tables: np.ndarray
+    caches: dict[str, np.ndarray]
+    lengths: np.ndarray
+    done: np.ndarray
 
 
 class Generator:
@@ -62,40 +73,49 @@ class Generator:
                   for v in self.cache_inputs}
         return tables, caches
 
-    def _step(self, ids: np.ndarray, this_time, enc, dec, tables, caches) -> np.ndarray:
+    def _step(self, s: "Session", ids: np.ndarray, this_time, enc, dec) -> np.ndarray:
         feeds = {"input_ids": ids, "seq_lens_this_time": np.asarray(this_time, np.int32),
                  "seq_lens_encoder": np.asarray(enc, np.int32),
-                 "seq_lens_decoder": np.asarray(dec, np.int32), "block_tables": tables, **caches}
+                 "seq_lens_decoder": np.asarray(dec, np.int32), "block_tables": s.tables, **s.caches}
         outs = run(self.graph, feeds, self.weights)
         for v, arr in zip(self.cache_inputs, outs[1:]):
-            caches[v.name] = arr
+            s.caches[v.name] = arr
         return outs[0]
 
-    def stream(self, prompt_ids: list[list[int]], max_new_tokens: int,
-               eos_token_id: int | None = None) -> Iterator[list[int | None]]:
-        """Yield, per step, each sequence's new token (None once it has finished)."""
+    def prefill(self, prompt_ids: list[list[int]], max_new_tokens: int) -> tuple["Session", np.ndarray]:
+        """Allocate caches for prompts plus max_new_tokens and run every prompt in one step;
+        returns the session and each prompt's last-token logits [batch, vocab]."""
         if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
             raise GenerationError("every prompt needs at least one token")
         lens = np.array([len(p) for p in prompt_ids], np.int32)
         batch, width = len(prompt_ids), int(lens.max())
         tables, caches = self._alloc(batch, width + max_new_tokens)
+        s = Session(tables, caches, lens.copy(), np.zeros(batch, bool))
         ids = np.zeros((batch, width), np.int64)
         for i, p in enumerate(prompt_ids):
             ids[i, : len(p)] = p
-        zeros = np.zeros(batch, np.int32)
-        logits = self._step(ids, lens, lens, zeros, tables, caches)
-        done = np.zeros(batch, bool)
-        dec = lens.copy()
+        return s, self._step(s, ids, lens, lens, np.zeros(batch, np.int32))
+
+    def decode(self, s: "Session", tokens) -> np.ndarray:
+        """Feed one token per live sequence (finished ones are skipped); next logits."""
+        live = (~s.done).astype(np.int32)
+        ids = np.asarray(tokens, np.int64).reshape(-1, 1)
+        logits = self._step(s, ids, live, np.zeros_like(live), s.lengths * live)
+        s.lengths += live
+        return logits
+
+    def stream(self, prompt_ids: list[list[int]], max_new_tokens: int,
+               eos_token_id: int | None = None) -> Iterator[list[int | None]]:
+        """Yield, per step, each sequence's new token (None once it has finished)."""
+        s, logits = self.prefill(prompt_ids, max_new_tokens)
         for step in range(max_new_tokens):
             tok = np.argmax(logits, axis=-1)
-            yield [None if d else int(t) for d, t in zip(done, tok)]
+            yield [None if d else int(t) for d, t in zip(s.done, tok)]
             if eos_token_id is not None:
-                done |= tok == eos_token_id
-            if done.all() or step == max_new_tokens - 1:
+                s.done |= tok == eos_token_id
+            if s.done.all() or step == max_new_tokens - 1:
                 return
-            live = (~done).astype(np.int32)
-            logits = self._step(tok.astype(np.int64)[:, None], live, zeros, dec * live, tables, caches)
-            dec += live
+            logits = self.decode(s, tok)
 
     def generate(self, prompt_ids: list[list[int]], max_new_tokens: int,
                  eos_token_id: int | None = None, on_token: TokenCallback | None = None
