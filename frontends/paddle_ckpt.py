@@ -28,8 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from llmc.compiler.errors import LlmcError
-
 _ALLOWED = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "_reconstruct"),
@@ -113,15 +111,17 @@ class _LazyUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
 
 def read_pdparams(path: Path) -> dict[str, ArrayStub]:
     """The arrays of a `.pdparams` file by name, without reading large tensor data."""
+    from .weights import CheckpointError
+
     try:
         with open(path, "rb") as fh:
             obj = _LazyUnpickler(fh).load()
     except OSError as e:
-        raise LlmcError(f"{path}: cannot read: {e.strerror}") from None
+        raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
     except Exception as e:  # a corrupt pickle raises many types
-        raise LlmcError(f"{path}: corrupt or unsupported .pdparams file: {e}") from None
+        raise CheckpointError(f"{path}: corrupt or unsupported .pdparams file: {e}") from None
     if not isinstance(obj, dict):
-        raise LlmcError(f"{path}: corrupt .pdparams file: expected a dict of tensors, "
+        raise CheckpointError(f"{path}: corrupt .pdparams file: expected a dict of tensors, "
                         f"got {type(obj).__name__}")
     out: dict[str, ArrayStub] = {}
     for name, value in obj.items():
