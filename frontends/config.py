@@ -139,7 +139,10 @@ def parse_config(cfg: dict, path: Path = Path("config.json")) -> ModelConfig:
         raise ConfigError(f"{path}: num_attention_heads {heads} is not divisible by "
                           f"num_key_value_heads {kv}")
     alibi = baichuan_uses_alibi(cfg) if family == "baichuan" else bool(cfg.get("alibi", False))
-    scaling = cfg.get("rope_scaling") or {}
+    rope = cfg.get("rope_parameters") or {}  # transformers 5 moves theta and scaling here
+    if not isinstance(rope, dict):
+        raise ConfigError(f"{path}: field 'rope_parameters' must be an object or null")
+    scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else {})
     factor = 1.0
     if scaling:
         if not isinstance(scaling, dict):
@@ -165,7 +168,7 @@ def parse_config(cfg: dict, path: Path = Path("config.json")) -> ModelConfig:
         vocab_size=_int(cfg, path, "vocab_size"),
         rms_norm_eps=_float(cfg, path, "rms_norm_eps", 1e-6),
         position="alibi" if alibi else "rope",
-        rope_theta=_float(cfg, path, "rope_theta", 10000.0),
+        rope_theta=_float(cfg, path, "rope_theta", _float(rope, path, "rope_theta", 10000.0)),
         rope_scaling_factor=factor,
         qkv_packed=family == "baichuan",
         norm_head=family == "baichuan" or bool(cfg.get("norm_head", False)),
