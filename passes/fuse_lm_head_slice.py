@@ -1,0 +1,55 @@
+"""fuse_lm_head_slice: logits for the last token only. A slice of the lm_head's output
+along a token axis moves before the matmul (and before a final rms_norm, which is
+per token), so the vocabulary projection runs on one token per sequence."""
+
+from __future__ import annotations
+
+from llmc.compiler.ir import Graph
+from llmc.compiler.passmanager import Pass, PassContext, register_pass
+from llmc.compiler.rewrite import P, apply_rules, rule
+
+LOGITS = P("slice", P("linear", P.var("x"), P.var("w"), name="lin", one_use=True), name="sl")
+NORMED = P("slice", P("linear", P("rms_norm", P.var("h"), P.var("nw"), name="norm", one_use=True), P.var("w"),
+                      name="lin", one_use=True), name="sl")
+
+
+def _token_axes(m) -> bool:
+    rank = m["lin"].inputs[0].type.rank
+    return len(m["lin"].inputs) == 2 and all(a % rank != rank - 1 for a in m["sl"].attrs["axes"])
+
+
+@rule(NORMED, check=_token_axes)
+def slice_before_norm(rw, h, nw, w, norm, lin, sl):
+    x = rw.op("rms_norm", rw.op("slice", h, **sl.attrs), nw, **norm.attrs)
+    return rw.op("linear", x, w, **lin.attrs)
+
+
+ADD_NORMED = P("slice", P("linear", P("add_rms_norm", P.var("a"), P.var("b"), P.var("nw"), out=0, name="norm",
+                                      one_use=True), P.var("w"), name="lin", one_use=True), name="sl")
+
+
+@rule(ADD_NORMED, check=lambda m: _token_axes(m) and not m["norm"].outputs[1].users
+      and m["a"].type == m["b"].type)
+def slice_before_add_norm(rw, a, b, nw, w, norm, lin, sl):
+    x, _ = rw.op("add_rms_norm", rw.op("slice", a, **sl.attrs), rw.op("slice", b, **sl.attrs), nw, **norm.attrs)
+    return rw.op("linear", x, w, **lin.attrs)
+
+
+@rule(LOGITS, check=_token_axes)
+def slice_before_lm_head(rw, x, w, lin, sl):
+    return rw.op("linear", rw.op("slice", x, **sl.attrs), w, **lin.attrs)
+
+
+@register_pass
+class FuseLmHeadSlice(Pass):
+    """slice(linear(rms_norm(h), W)) on token axes → linear(rms_norm(slice(h)), W) (add_rms_norm too)."""
+
+    name = "fuse_lm_head_slice"
+
+    def run(self, g: Graph, ctx: PassContext) -> int:
+        return apply_rules(g, [slice_before_norm, slice_before_add_norm, slice_before_lm_head])
+
+    def expected(self, g: Graph, ctx: PassContext) -> int | None:
+        return sum(1 for v in g.outputs if v.producer is not None and v.producer.kind == "slice"
+                   and v.producer.inputs[0].producer is not None
+                   and v.producer.inputs[0].producer.kind == "linear")

@@ -1,0 +1,93 @@
+"""The vendor's fusions at the graph's two ends:
+llama_fuse_lm_head_with_slice / llama_fuse_lm_head (final rms_norm + vocabulary
+projection → `lm_head`) and llama_fuse_get_padding_offset (the padding arithmetic +
+`get_padding_offset` → `remove_padding`)."""
+
+from __future__ import annotations
+
+from llmc.compiler.ir import Graph
+from llmc.compiler.passmanager import Pass, PassContext, register_pass
+from llmc.compiler.rewrite import P, apply_rules, rule
+
+from .fuse_common import count, num_layers
+
+x, w, nw, ids, lens = P.var("x"), P.var("w"), P.var("nw"), P.var("ids"), P.var("lens")
+NORM = P("rms_norm", x, nw, name="norm", one_use=True)
+
+
+def _is_logits(m) -> bool:
+    lin = m["lin"]
+    return len(lin.inputs) == 2 and lin.output in lin.graph.outputs
+
+
+@rule(P("linear", NORM, w, name="lin"), check=_is_logits)
+def lm_head(rw, x, nw, w, norm, lin):
+    return rw.op("lm_head", x, nw, w, epsilon=norm.attrs["epsilon"], transpose_w=lin.attrs["transpose_w"])
+
+
+def _token_slice(m) -> bool:
+    rank = m["x"].type.rank
+    return _is_logits(m) and all(a % rank != rank - 1 for a in m["sl"].attrs["axes"])
+
+
+@rule(P("linear", P("slice", NORM, name="sl", one_use=True), w, name="lin"), check=_token_slice)
+def lm_head_with_slice(rw, x, nw, w, norm, sl, lin):
+    return rw.op("lm_head", rw.op("slice", x, **sl.attrs), nw, w, epsilon=norm.attrs["epsilon"],
+                 transpose_w=lin.attrs["transpose_w"])
+
+
+PADDING = P("get_padding_offset", ids,
+            P("cumsum", P("sub", P("cast", P("dim_size", ids, attrs={"axis": 1}), name="cast"), lens),
+              attrs={"axis": lambda a: a in (-1, 0), "exclusive": False}),
+            P("reduce_sum", lens, attrs={"axes": lambda a: a in ((), (0,), (-1,)), "keepdims": False}),
+            lens)
+
+
+@rule(PADDING, check=lambda m: m["cast"].attrs["dtype"] is m["lens"].type.dtype and m["lens"].type.rank == 1)
+def remove_padding(rw, ids, lens, cast):
+    return rw.op("remove_padding", ids, lens)
+
+
+@register_pass
+class LlamaFuseLmHeadWithSlice(Pass):
+    """linear(slice(rms_norm(x)), W) producing the logits → lm_head(slice(x), norm_w, W)."""
+
+    name = "llama_fuse_lm_head_with_slice"
+
+    def run(self, g: Graph, ctx: PassContext) -> int:
+        return apply_rules(g, [lm_head_with_slice])
+
+    def expected(self, g: Graph, ctx: PassContext) -> int | None:
+        return sum(1 for v in g.outputs if v.producer is not None and v.producer.kind == "linear"
+                   and v.producer.inputs[0].producer is not None
+                   and v.producer.inputs[0].producer.kind == "slice")
+
+
+@register_pass
+class LlamaFuseLmHead(Pass):
+    """linear(rms_norm(x, norm_w), W) producing the logits → lm_head(x, norm_w, W)."""
+
+    name = "llama_fuse_lm_head"
+
+    def run(self, g: Graph, ctx: PassContext) -> int:
+        return apply_rules(g, [lm_head])
+
+    def expected(self, g: Graph, ctx: PassContext) -> int | None:
+        if num_layers(ctx) is not None:
+            return max(1 - count(g, "lm_head"), 0)
+        return sum(1 for v in g.outputs if v.producer is not None and v.producer.kind == "linear"
+                   and v.producer.inputs[0].producer is not None
+                   and v.producer.inputs[0].producer.kind == "rms_norm")
+
+
+@register_pass
+class LlamaFuseGetPaddingOffset(Pass):
+    """cumsum(max_len - seq_lens), reduce_sum(seq_lens), get_padding_offset → remove_padding."""
+
+    name = "llama_fuse_get_padding_offset"
+
+    def run(self, g: Graph, ctx: PassContext) -> int:
+        return apply_rules(g, [remove_padding])
+
+    def expected(self, g: Graph, ctx: PassContext) -> int | None:
+        return 1 if num_layers(ctx) is not None else count(g, "get_padding_offset")
