@@ -143,6 +143,8 @@ def parse_config(cfg: dict, path: Path = Path("config.json")) -> ModelConfig:
     if not isinstance(rope, dict):
         raise ConfigError(f"{path}: field 'rope_parameters' must be an object or null")
     scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else {})
+    if not scaling and cfg.get("rope_scaling_type"):  # PaddleNLP's flat fields
+        scaling = {"type": cfg["rope_scaling_type"], "factor": cfg.get("rope_scaling_factor", 1.0)}
     factor = 1.0
     if scaling:
         if not isinstance(scaling, dict):
