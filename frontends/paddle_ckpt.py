@@ -119,7 +119,8 @@ def read_pdparams(path: Path) -> dict[str, ArrayStub]:
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
     except Exception as e:  # a corrupt pickle raises many types
-        raise CheckpointError(f"{path}: corrupt or unsupported .pdparams file: {e}") from None
+        why = _describe(e, _last_byte(path))
+        raise CheckpointError(f"{path}: corrupt or unsupported .pdparams file: {why}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: corrupt .pdparams file: expected a dict of tensors, "
                         f"got {type(obj).__name__}")
@@ -130,6 +131,25 @@ def read_pdparams(path: Path) -> dict[str, ArrayStub]:
         if isinstance(value, ArrayStub) and isinstance(name, str):
             out[name] = value
     return out
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        if fh.tell() == 0:
+            return b""
+        fh.seek(-1, 2)
+        return fh.read(1)
+
+
+def _describe(e: Exception, last: bytes) -> str:
+    if isinstance(e, pickle.UnpicklingError) and "refusing" in str(e):
+        return str(e)
+    if isinstance(e, EOFError) or last != pickle.STOP:
+        return "the pickle ends early (truncated file?)"
+    if isinstance(e, KeyError):
+        return f"unknown pickle opcode {e}"
+    return str(e) or type(e).__name__
 
 
 def stub_loader(path: Path, stub: ArrayStub):

@@ -189,9 +189,10 @@ def _with_progress(fn, total: int, quiet: bool):
     from rich.console import Console
     from rich.progress import Progress
 
-    if quiet:
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
         return fn(None)
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    with Progress(console=console, transient=True) as bar:
         task = bar.add_task("checking weights", total=total)
         return fn(lambda _name: bar.advance(task))
 
@@ -227,6 +228,85 @@ def inspect(
     s = _with_progress(lambda p: api.inspect_model(model_dir, allow_pickle, form, p, ckpt=ckpt),
                        len(ckpt.weights), json_out)
     _report(s, json_out)
+
+
+@app.command("compile")
+def compile_(
+    model: Optional[Path] = typer.Argument(None, help="Model directory (config.json + weights)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Compile from a config.json alone (no weights)."),
+    target: str = typer.Option(..., "--target", "-t", help="ascend910b, mlu370, bi150, cuda or cpu."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Artifact directory (written atomically)."),
+    form: Optional[str] = typer.Option(None, "--form", help="Graph form: 'inference' or 'full' (default: the target's)."),
+    print_ir_before: Optional[List[str]] = PrintBefore,
+    print_ir_after: Optional[List[str]] = PrintAfter,
+    print_ir_after_all: bool = PrintAfterAll,
+    dump_dir: Optional[str] = DumpDir,
+    disable_pass: Optional[List[str]] = DisablePass,
+    verify_each: bool = VerifyEach,
+    json_out: bool = JsonOut,
+):
+    """Import a checkpoint (or config), run the target's pipeline, write the artifact.
+
+    The pass log goes to stderr: `--- Running IR pass [name]  matched N (expected M)  ...`.
+    """
+    from llmc.compile import compile_model, write_artifact
+    from llmc.compiler.errors import LlmcError
+
+    if (model is None) == (config is None):
+        raise LlmcError("compile: give a MODEL_DIR or --config FILE (exactly one)")
+    inst = _instruments(print_ir_before, print_ir_after, print_ir_after_all, dump_dir,
+                        disable_pass, verify_each)
+    c = compile_model(model or config, target, form, inst, log=None if json_out else _err,
+                      emit_ir=lambda h, t: _err(f"{h}\n{t}"))
+    if c.report["mismatches"]:
+        _err(f"WARNING: {len(c.report['mismatches'])} pass(es) matched other than the model predicts: "
+             f"{', '.join(c.report['mismatches'])}")
+    if output is not None:
+        write_artifact(c, output)
+    if json_out:
+        typer.echo(json.dumps(dict(c.report, output=str(output) if output else None), indent=2))
+    elif output is not None:
+        typer.echo(f"wrote {output} ({c.report['ops_in']} -> {c.report['ops_out']} ops, "
+                   f"{c.report['pipeline_ms']:.1f} ms)")
+
+
+@app.command()
+def generate(
+    artifact: Path = typer.Argument(..., help="A directory written by `llmc compile -o`."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt text (needs the checkpoint's tokenizer)."),
+    ids: Optional[str] = typer.Option(None, "--ids", help="Prompt token ids, comma-separated."),
+    max_new_tokens: int = typer.Option(16, "--max-new-tokens", "-n", help="Tokens to generate."),
+    json_out: bool = JsonOut,
+):
+    """Greedy generation from a compiled artifact of any target on the reference interpreter."""
+    from llmc.compile import generate as gen
+    from llmc.compile import load_artifact
+    from llmc.compiler.errors import LlmcError
+
+    if (prompt is None) == (ids is None):
+        raise LlmcError("generate: give --prompt TEXT or --ids 1,2,3 (exactly one)")
+    if max_new_tokens < 1:
+        raise LlmcError(f"generate: --max-new-tokens must be positive, got {max_new_tokens}")
+    art = load_artifact(artifact)
+    eos = art.report.get("config", {}).get("eos_token_id")
+    tok = None
+    if prompt is not None:
+        from llmc.frontends.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(art.manifest["model_dir"])
+        prompt_ids = tok.encode(prompt)
+    else:
+        try:
+            prompt_ids = [int(t) for t in ids.split(",") if t.strip()]
+        except ValueError:
+            raise LlmcError(f"generate: --ids must be comma-separated integers, got '{ids}'") from None
+    new = gen(art, prompt_ids, max_new_tokens, eos)
+    text = tok.decode(new) if tok is not None else None
+    if json_out:
+        typer.echo(json.dumps({"target": art.report.get("target"), "prompt_ids": prompt_ids,
+                               "new_ids": new, "text": text}, indent=2))
+    else:
+        typer.echo(text if text is not None else ",".join(map(str, new)))
 
 
 def main() -> None:

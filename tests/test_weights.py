@@ -22,7 +22,8 @@ def write_raw_safetensors(path, tensors: dict[str, tuple[str, tuple, bytes]]) ->
     """A safetensors file from (dtype, shape, raw bytes) triples, without any library."""
     header, off = {}, 0
     for name, (dtype, shape, data) in tensors.items():
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + len(data)]}
+        header[name] = {"dtype": dtype, "shape": list(shape),
+                        "data_offsets": [off, off + len(data)]}
         off += len(data)
     blob = json.dumps(header).encode()
     with open(path, "wb") as f:
@@ -142,8 +143,8 @@ def test_opening_reads_no_tensor_data(tmp_path):
     """A 64 MiB tensor: opening and info() allocate far less than the tensor."""
     big = np.zeros((4096, 4096), np.float32)
     with open(tmp_path / "model_state.pdparams", "wb") as f:
-        pickle.dump({"llama.embed_tokens.weight": big, "llama.norm.weight": np.ones(8, np.float32)},
-                    f, protocol=4)
+        state = {"llama.embed_tokens.weight": big, "llama.norm.weight": np.ones(8, np.float32)}
+        pickle.dump(state, f, protocol=4)
     write_raw_safetensors(tmp_path / "w.safetensors", {"x": ("F32", big.shape, big.tobytes())})
     del big
     for path in (tmp_path / "model_state.pdparams", tmp_path / "w.safetensors"):
