@@ -139,6 +139,9 @@ def parse_config(cfg: dict, path: Path = Path("config.json")) -> ModelConfig:
         raise ConfigError(f"{path}: num_attention_heads {heads} is not divisible by "
                           f"num_key_value_heads {kv}")
     alibi = baichuan_uses_alibi(cfg) if family == "baichuan" else bool(cfg.get("alibi", False))
+    if not alibi and (hidden // heads) % 2:
+        raise ConfigError(f"{path}: head dim {hidden // heads} (hidden_size / num_attention_heads) "
+                          "must be even for rotary embeddings")
     rope = cfg.get("rope_parameters") or {}  # transformers 5 moves theta and scaling here
     if not isinstance(rope, dict):
         raise ConfigError(f"{path}: field 'rope_parameters' must be an object or null")
