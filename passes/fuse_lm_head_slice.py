@@ -14,8 +14,10 @@ NORMED = P("slice", P("linear", P("rms_norm", P.var("h"), P.var("nw"), name="nor
 
 
 def _token_axes(m) -> bool:
+    """The slice is a graph output (the logits) and keeps the contracted dim whole."""
     rank = m["lin"].inputs[0].type.rank
-    return len(m["lin"].inputs) == 2 and all(a % rank != rank - 1 for a in m["sl"].attrs["axes"])
+    return (len(m["lin"].inputs) == 2 and m["sl"].output in m["sl"].graph.outputs
+            and all(a % rank != rank - 1 for a in m["sl"].attrs["axes"]))
 
 
 @rule(NORMED, check=_token_axes)
