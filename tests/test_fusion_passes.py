@@ -91,3 +91,48 @@ def test_rope_refuses_a_perturbed_inv_freq():
     bad = good.copy()
     bad[5] *= 1.001
     assert theta_of(bad) is None
+
+
+# ---- the vendor passes on the inference form, each alone -----------------------------
+VENDOR_ALONE = ["remove_residual_in_fused_bias_residual_layernorm", "remove_residual_in_rms_norm",
+                "remove_blha_get_max_len", "llama_fuse_attention_layer_begin",
+                "llama_fuse_attention_layer_end", "llama_fuse_lm_head", "llama_fuse_get_padding_offset",
+                # the middle-layer fusion needs its neighbours fused first (else it takes the last layer)
+                "llama_fuse_attention_layer_begin,llama_fuse_attention_layer_end,llama_fuse_attention_layer"]
+
+
+@pytest.mark.parametrize("arch", ["llama_gqa", "baichuan2_13b"])
+@pytest.mark.parametrize("pipeline", VENDOR_ALONE)
+def test_vendor_pass_alone_preserves_generation(arch, pipeline):
+    from llmc.compiler.text import parse
+    from llmc.frontends.fixtures import random_weights as fixture_weights
+    from llmc.frontends.llama import build_inference
+    from llmc.runtime.generate import Generator
+
+    cfg = parse_config(tiny_config(arch))
+    before = build_inference(cfg, naming_for(cfg.source_format))
+    after = parse(print_graph(before))
+    recs = api.run_pipeline(after, pipeline, ctx=model_ctx(cfg))
+    assert all(r.matched == r.expected for r in recs) and print_graph(after) != print_graph(before)
+    w = fixture_weights(arch)
+    w = {k: w[k] for k in before.params}
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+    gb, ga = Generator(before, w), Generator(after, w)
+    sb, lb = gb.prefill(prompts, 3)
+    sa, la = ga.prefill(prompts, 3)
+    np.testing.assert_allclose(la, lb, rtol=1e-5, atol=1e-5)
+    tok = np.argmax(lb, -1)
+    np.testing.assert_allclose(ga.decode(sa, tok), gb.decode(sb, tok), rtol=1e-5, atol=1e-5)
+    for k in sb.caches:
+        np.testing.assert_allclose(sa.caches[k], sb.caches[k], rtol=1e-5, atol=1e-5)
+
+
+def test_lm_head_slice_on_a_generation_graph():
+    from llmc.compile import build_graph
+
+    cfg = parse_config(tiny_config("llama"))
+    g = build_graph(cfg, naming_for("hf"), "full")
+    after = check_pass_numerics(g, "fuse_rms_norm,fuse_lm_head_slice", {"batch": B, "seq": S}, seeds=(0,),
+                                rtol=1e-4, atol=1e-4, int_high={"input_ids": 256}, inputs=POS)
+    lm = [op for op in after.ops if op.kind == "linear" and op.output in after.outputs]
+    assert lm and lm[0].output.type.shape[1] == 1
