@@ -163,18 +163,15 @@ Form = typer.Option("full", "--form", help="Graph form: 'full' (training / parit
 
 
 def _print_summary(s: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(show_header=False, box=None, pad_edge=False)
-    t.add_row("architecture", f"{s['architecture']} ({s['model']}, {s['family']} family)")
-    t.add_row("shape", f"{s['layers']} layers, hidden {s['hidden_size']}, {s['heads']} heads "
-              f"({s['kv_heads']} kv), vocab {s['vocab_size']}, {s['position']}")
-    t.add_row("parameters", f"{s['params']:,} ({s['bytes'] / 2**20:,.1f} MiB, {s['dtype']})")
-    t.add_row("weights", f"{s['weights']}; {s['format']}, {len(s['files'])} file(s)")
+    rows = [("architecture", f"{s['architecture']} ({s['model']}, {s['family']} family)"),
+            ("shape", f"{s['layers']} layers, hidden {s['hidden_size']}, {s['heads']} heads "
+                      f"({s['kv_heads']} kv), vocab {s['vocab_size']}, {s['position']}"),
+            ("parameters", f"{s['params']:,} ({s['bytes'] / 2**20:,.1f} MiB, {s['dtype']})"),
+            ("weights", f"{s['weights']}; {s['format']}, {len(s['files'])} file(s)")]
     if "output" in s:
-        t.add_row("wrote", f"{s['output']} ({s['form']} form, {s['ops']} ops)")
-    Console().print(t)
+        rows.append(("wrote", f"{s['output']} ({s['form']} form, {s['ops']} ops)"))
+    for key, value in rows:
+        typer.echo(f"{key:<13} {value}")
 
 
 def _report(s: dict, json_out: bool) -> None:
