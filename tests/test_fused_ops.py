@@ -87,7 +87,7 @@ def test_fused_layer_rejects_a_bad_flag_and_missing_max_len():
     t = TensorType(DType.f32, ("tokens", 8))
     i32 = TensorType(DType.i32, ("batch",))
     cache = TensorType(DType.f32, ("n", 2, 4, 4))
-    ops = [t, t, TensorType(DType.f32, (8,)), TensorType(DType.f32, (16, 8)), TensorType(DType.f32, (8, 8)),
+    ops = [t, t, TensorType(DType.f32, (8,)), TensorType(DType.f32, (24, 8)), TensorType(DType.f32, (8, 8)),
            TensorType(DType.f32, (8,)), TensorType(DType.f32, (32, 8)), TensorType(DType.f32, (8, 16)),
            cache, cache, i32, i32, i32, TensorType(DType.i32, ("tokens",)), i32, i32, i32,
            TensorType(DType.i32, ("batch", 4))]
