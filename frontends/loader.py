@@ -131,12 +131,19 @@ def config_param_shapes(cfg: ModelConfig, naming: Naming) -> dict[str, tuple[int
 
 
 def _naming(cfg: ModelConfig, weights: WeightStore) -> Naming:
-    """Paddle naming when the weights say so (pdparams, `llama.` names), else the config's."""
-    if weights.format.startswith("pdparams") or any(n.startswith(PADDLE.prefix) for n in weights):
-        return PADDLE
-    if weights.backed:
-        return naming_for("hf")
-    return naming_for(cfg.source_format)
+    """Names and Linear layout from the weights (pdparams, `llama.` names, the stored shape
+    of gate_proj), else from the config's source format."""
+    if not weights.backed:
+        return naming_for(cfg.source_format)
+    paddle = weights.format.startswith("pdparams") or any(n.startswith(PADDLE.prefix)
+                                                         for n in weights)
+    base = PADDLE if paddle else naming_for("hf")
+    gate = base.mlp(0, "gate_proj")
+    if gate in weights and cfg.hidden_size != cfg.intermediate_size:
+        in_out = weights.info(gate).shape == (cfg.hidden_size, cfg.intermediate_size)
+        if in_out != base.linear_in_out:
+            return dataclasses.replace(base, linear_in_out=in_out)
+    return base
 
 
 def open_checkpoint(model_dir: str | Path, allow_pickle: bool = False,
@@ -157,8 +164,8 @@ def open_checkpoint(model_dir: str | Path, allow_pickle: bool = False,
         weights = WeightStore(d, allow_pickle=allow_pickle, compute_dtype=compute_dtype, config=cfg)
     naming = _naming(cfg, weights)
     fmt = cfg.source_format
-    if naming is PADDLE or fmt == "paddle":
-        fmt = "paddle" if naming is PADDLE else "hf"
+    if naming.prefix == PADDLE.prefix or fmt == "paddle":
+        fmt = "paddle" if naming.prefix == PADDLE.prefix else "hf"
     if fmt != cfg.source_format:
         cfg = dataclasses.replace(cfg, source_format=fmt)
     toks = [d / f for f in TOKENIZER_FILES if (d / f).is_file()]

@@ -80,6 +80,19 @@ def test_paddleformers_layout_is_hf(tmp_path):
     assert ck.problems(config_param_shapes(ck.config, ck.naming)) == []
 
 
+def test_linear_layout_is_read_from_the_weights(tmp_path):
+    """PaddleFormers without save_to_hf keeps HF names but Paddle's [in, out] Linear layout."""
+    ref = {n: np.ascontiguousarray(a.T) if a.ndim == 2 and "embed" not in n else a
+           for n, a in F.llama_weights("llama").items()}
+    F.write_safetensors(tmp_path, ref)
+    (tmp_path / "config.json").write_text(json.dumps(F.paddleformers_config("llama")))
+    ck = open_checkpoint(tmp_path)
+    assert ck.naming.prefix == "model." and ck.naming.linear_in_out
+    assert ck.problems(config_param_shapes(ck.config, ck.naming)) == []
+    hf = F.write_fixture(tmp_path / "hf", "llama", "hf-numpy")
+    assert not open_checkpoint(hf).naming.linear_in_out
+
+
 def test_bf16_and_f16_are_reported_as_stored_and_computed_in_f32(tmp_path):
     x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
     bf, h = x.astype(ml_dtypes.bfloat16), x.astype(np.float16)
