@@ -34,7 +34,8 @@ class Family(Protocol):
 
     def qkv(self, x: Value, layer: int) -> tuple[Value, Value, Value]: ...
 
-    def packed_linear(self, x: Value, names: list[str], outs: list[int], in_features: int) -> Value: ...
+    def packed_linear(self, x: Value, names: list[str], outs: list[int],
+                      in_features: int) -> Value: ...
 
     def qkv_names(self, layer: int) -> tuple[list[str], list[int]]: ...
 
@@ -66,7 +67,8 @@ def rope_tables(b: Builder, cfg: ModelConfig, position_ids: Value) -> tuple[Valu
     pos = b.cast(position_ids, dtype=F32)
     if cfg.rope_scaling_factor != 1.0:
         pos = b.div(pos, const(b, cfg.rope_scaling_factor))
-    freqs = b.mul(b.unsqueeze(pos, axes=[2]), const(b, list(inv_freq(d, cfg.rope_theta)), (d // 2,)))
+    table = const(b, list(inv_freq(d, cfg.rope_theta)), (d // 2,))
+    freqs = b.mul(b.unsqueeze(pos, axes=[2]), table)
     emb = b.concat(freqs, freqs, axis=-1)
     return (b.unsqueeze(b.cos(emb), axes=[2], name="rope_cos"),
             b.unsqueeze(b.sin(emb), axes=[2], name="rope_sin"))
@@ -178,9 +180,9 @@ class Batch:
     def __init__(self, seq_lens_encoder: Value, seq_lens_decoder: Value, seq_lens_this_time: Value,
                  padding_offset: Value, cum_offsets: Value, cu_seqlens_q: Value,
                  cu_seqlens_k: Value, block_tables: Value, max_enc_len: Value, max_dec_len: Value):
-        self.attn_operands = (seq_lens_encoder, seq_lens_decoder, seq_lens_this_time, padding_offset,
-                              cum_offsets, cu_seqlens_q, cu_seqlens_k, block_tables, max_enc_len,
-                              max_dec_len)
+        self.attn_operands = (seq_lens_encoder, seq_lens_decoder, seq_lens_this_time,
+                              padding_offset, cum_offsets, cu_seqlens_q, cu_seqlens_k,
+                              block_tables, max_enc_len, max_dec_len)
 
 
 def inference_layer(f: Family, x: Value, residual: Value | None, layer: int, batch: Batch,

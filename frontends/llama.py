@@ -36,7 +36,8 @@ class LlamaFamily:
         if p is None:
             return self.b.param(name, F32, shape)
         if p.type.shape != tuple(shape):
-            raise LlmcError(f"parameter '{name}' used with shapes {list(p.type.shape)} and {list(shape)}")
+            raise LlmcError(f"parameter '{name}' used with shapes {list(p.type.shape)} "
+                            f"and {list(shape)}")
         return p
 
     def linear(self, x: Value, name: str, out_features: int, in_features: int) -> Value:
@@ -70,7 +71,8 @@ class LlamaFamily:
         if c.tie_word_embeddings:
             w, transpose = self.embed(), True
         else:
-            w = self.weight(self.names.lm_head, self.names.linear_shape(c.vocab_size, c.hidden_size))
+            shape = self.names.linear_shape(c.vocab_size, c.hidden_size)
+            w = self.weight(self.names.lm_head, shape)
             transpose = self.transpose_w
         if c.norm_head:
             w = self.b.l2_normalize(w, axis=-1 if transpose else 0, epsilon=1e-12)
@@ -149,7 +151,8 @@ def build_inference(cfg: ModelConfig, naming: Naming, *, block_size: int = 16,
     max_len = b.dim_size(ids, axis=1, name="max_len")
     cum_now = b.cumsum(b.sub(b.cast(max_len, dtype=I32), this_time))
     token_num = b.reduce_sum(this_time, name="token_num")
-    packed, cum_offsets, pad_offset, cu_q, cu_k = b.get_padding_offset(ids, cum_now, token_num, this_time)
+    packed, cum_offsets, pad_offset, cu_q, cu_k = b.get_padding_offset(ids, cum_now, token_num,
+                                                                       this_time)
     x = b.embedding(packed, f.embed())
     max_enc, max_dec = b.blha_get_max_len(enc, dec_lens, this_time)
     batch = dec.Batch(enc, dec_lens, this_time, pad_offset, cum_offsets, cu_q, cu_k, tables,
@@ -165,6 +168,7 @@ def build_inference(cfg: ModelConfig, naming: Naming, *, block_size: int = 16,
         new_caches += [ck, cv]
     h, _ = b.fused_bias_residual_layernorm(x, residual)
     last = b.rebuild_padding(h, cum_offsets, dec_lens, enc, max_len)
-    x = b.rms_norm(last, f.weight(naming.final_norm(), (cfg.hidden_size,)), epsilon=cfg.rms_norm_eps)
+    norm_w = f.weight(naming.final_norm(), (cfg.hidden_size,))
+    x = b.rms_norm(last, norm_w, epsilon=cfg.rms_norm_eps)
     b.output(f.lm_head(x), *new_caches)
     return b.graph

@@ -26,7 +26,7 @@ class GenerationError(LlmcError):
 
 
 def full_logits(graph: Graph, weights: Mapping[str, np.ndarray], input_ids) -> np.ndarray:
-    """Logits [batch, seq, vocab] of the full form for input_ids [batch, seq] (positions 0..seq-1)."""
+    """Full-form logits [batch, seq, vocab] for input_ids [batch, seq] at positions 0..seq-1."""
     ids = np.asarray(input_ids, dtype=np.int64)
     if ids.ndim != 2:
         raise GenerationError(f"input_ids must be [batch, seq], got shape {list(ids.shape)}")
@@ -76,13 +76,15 @@ class Generator:
     def _step(self, s: "Session", ids: np.ndarray, this_time, enc, dec) -> np.ndarray:
         feeds = {"input_ids": ids, "seq_lens_this_time": np.asarray(this_time, np.int32),
                  "seq_lens_encoder": np.asarray(enc, np.int32),
-                 "seq_lens_decoder": np.asarray(dec, np.int32), "block_tables": s.tables, **s.caches}
+                 "seq_lens_decoder": np.asarray(dec, np.int32), "block_tables": s.tables,
+                 **s.caches}
         outs = run(self.graph, feeds, self.weights)
         for v, arr in zip(self.cache_inputs, outs[1:]):
             s.caches[v.name] = arr
         return outs[0]
 
-    def prefill(self, prompt_ids: list[list[int]], max_new_tokens: int) -> tuple["Session", np.ndarray]:
+    def prefill(self, prompt_ids: list[list[int]],
+                max_new_tokens: int) -> tuple["Session", np.ndarray]:
         """Allocate caches for prompts plus max_new_tokens and run every prompt in one step;
         returns the session and each prompt's last-token logits [batch, vocab]."""
         if not prompt_ids or any(len(p) == 0 for p in prompt_ids):

@@ -23,8 +23,9 @@ ARCHS = {
     "llama_gqa": dict(num_key_value_heads=2),
     "llama_rope_scaling": dict(rope_scaling={"type": "linear", "factor": 2.0}, rope_theta=500.0),
     "baichuan2_7b": dict(architectures=["BaichuanForCausalLM"]),
-    "baichuan2_13b": dict(architectures=["BaichuanForCausalLM"], hidden_size=48, num_attention_heads=6,
-                          max_position_embeddings=None, model_max_length=64),
+    "baichuan2_13b": dict(architectures=["BaichuanForCausalLM"], hidden_size=48,
+                          num_attention_heads=6, max_position_embeddings=None,
+                          model_max_length=64),
     "paddlenlp_alibi": dict(alibi=True, num_attention_heads=8),
     "tied": dict(tie_word_embeddings=True),
 }
@@ -40,7 +41,8 @@ def test_configs_cover_the_architectures():
     assert config("baichuan2_13b").position == "alibi" and config("baichuan2_13b").qkv_packed
     assert config("baichuan2_7b").position == "rope" and config("baichuan2_7b").norm_head
     assert config("llama_rope_scaling").rope_scaling_factor == 2.0
-    assert config("paddlenlp_alibi").position == "alibi" and not config("paddlenlp_alibi").qkv_packed
+    paddle_alibi = config("paddlenlp_alibi")
+    assert paddle_alibi.position == "alibi" and not paddle_alibi.qkv_packed
 
 
 @pytest.mark.parametrize("naming", NAMINGS)

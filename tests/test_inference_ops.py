@@ -90,7 +90,8 @@ def test_blha_get_max_len():
 
 def test_fused_rms_norm_and_residual_layernorm():
     rng = np.random.default_rng(0)
-    x, r, w, bias = (rng.standard_normal(s).astype(np.float32) for s in ((5, 8), (5, 8), (8,), (8,)))
+    shapes = ((5, 8), (5, 8), (8,), (8,))
+    x, r, w, bias = (rng.standard_normal(s).astype(np.float32) for s in shapes)
     out, res = k("fused_rms_norm", x, w, r, epsilon=1e-5)
     np.testing.assert_array_equal(res, x + r)
     np.testing.assert_allclose(out, k("rms_norm", x + r, w, epsilon=1e-5)[0], rtol=1e-6)
@@ -107,7 +108,8 @@ def test_fused_rms_norm_and_residual_layernorm():
 @pytest.mark.parametrize("act", ["swiglu", "geglu", "gelu", "silu", "relu"])
 def test_fused_bias_act(act):
     rng = np.random.default_rng(1)
-    x, bias = rng.standard_normal((3, 8)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    bias = rng.standard_normal(8).astype(np.float32)
     got = k("fused_bias_act", x, bias, act_method=act)[0]
     y = x + bias
     gate, up = y[:, :4], y[:, 4:]
@@ -147,7 +149,8 @@ def reference_attention(qkv, n, **kw):
     if kw.get("use_alibi"):
         bias = k("alibi_bias", pos[None], num_heads=H)[0]
     else:
-        rope = dict(theta=kw.get("rope_theta", 10000.0), scaling_factor=kw.get("rope_scaling_factor", 1.0),
+        rope = dict(theta=kw.get("rope_theta", 10000.0),
+                    scaling_factor=kw.get("rope_scaling_factor", 1.0),
                     style="neox" if kw.get("use_neox_style", True) else "interleaved")
         q, kk = k("rope", q, pos, **rope)[0], k("rope", kk, pos, **rope)[0]
     out = k("attention", q, kk, v, *([bias] if bias is not None else []))[0]

@@ -28,7 +28,8 @@ def checkpoint_dir(tmp_path_factory):
 
     def get(arch, fmt="hf"):
         if (arch, fmt) not in made:
-            made[arch, fmt] = fixtures.write_fixture(tmp_path_factory.mktemp(f"{arch}-{fmt}"), arch, fmt)
+            out = tmp_path_factory.mktemp(f"{arch}-{fmt}")
+            made[arch, fmt] = fixtures.write_fixture(out, arch, fmt)
         return made[arch, fmt]
 
     return get
@@ -58,7 +59,8 @@ def test_full_form_matches_transformers(arch, checkpoint_dir):
     d = checkpoint_dir(arch)
     ck = open_checkpoint(d)
     ids = token_ids(1, (2, SEQ))
-    err = rel_err(full_logits(build_full(ck.config, ck.naming), ck.weights, ids), rm.hf_logits(d, ids))
+    ours = full_logits(build_full(ck.config, ck.naming), ck.weights, ids)
+    err = rel_err(ours, rm.hf_logits(d, ids))
     assert err <= TOL, f"{arch}: full-form max relative error {err:.2e}"
 
 

@@ -238,7 +238,8 @@ def block_multihead_attention(qkv, cache_k, cache_v, enc, dec, this_time, paddin
         past = 0 if enc[b] > 0 else int(dec[b])
         if past + n > min(max_seq_len, block_tables.shape[1] * block_size):
             raise ValueError(f"sequence {b} needs {past + n} positions; the block table "
-                             f"holds {block_tables.shape[1] * block_size}, max_seq_len {max_seq_len}")
+                             f"holds {block_tables.shape[1] * block_size}, "
+                             f"max_seq_len {max_seq_len}")
         rows = slice(int(cu_q[b]), int(cu_q[b]) + n)
         pos = np.arange(past, past + n)
         q, k = q_all[rows], k_all[rows]
@@ -281,7 +282,8 @@ def _attend(q, keys, vals, qpos, kpos, slopes):
     rep = q.shape[1] // keys.shape[1]
     k = np.repeat(keys.astype(np.float32), rep, axis=1).transpose(1, 2, 0)
     v = np.repeat(vals.astype(np.float32), rep, axis=1).transpose(1, 0, 2)
-    s = np.matmul(q.astype(np.float32).transpose(1, 0, 2), k) * np.float32(1 / math.sqrt(q.shape[2]))
+    scale = np.float32(1 / math.sqrt(q.shape[2]))
+    s = np.matmul(q.astype(np.float32).transpose(1, 0, 2), k) * scale
     if slopes is not None:
         s = s + slopes[:, None, None] * (kpos[None, :] - qpos[:, None]).astype(np.float32)
     s = np.where(kpos[None, :] <= qpos[:, None], s, np.float32(-np.inf))
