@@ -137,7 +137,8 @@ def test_tp_merge_keeps_replicated_kv_heads(tmp_path):
 
 def test_naive_two_fuse_merge():
     gate, up = np.arange(12.0).reshape(2, 6), 100 + np.arange(12.0).reshape(2, 6)
-    ranks = [np.concatenate([g, u], axis=1) for g, u in zip(np.split(gate, 2, 1), np.split(up, 2, 1))]
+    pairs = zip(np.split(gate, 2, 1), np.split(up, 2, 1))
+    ranks = [np.concatenate([g, u], axis=1) for g, u in pairs]
     merged = merge_tp("llama.layers.0.mlp.gate_up_fused_proj.weight", ranks, 1)
     np.testing.assert_array_equal(merged, np.concatenate([gate, up], axis=1))
 
