@@ -166,6 +166,69 @@ class Op:
         return print_op(self)
 
 
+class OutputList(list):
+    """A graph's output list with O(1) membership (`v in g.outputs`), which rewrites ask
+    for every value they erase; a plain list scan made 80-layer compiles quadratic."""
+
+    def __init__(self, items: Iterable[Value] = ()):
+        super().__init__(items)
+        self._pos: dict[Value, list[int]] = {}
+        for i, v in enumerate(self):
+            self._pos.setdefault(v, []).append(i)
+
+    def _recount(self) -> None:
+        OutputList.__init__(self, list(self))
+
+    def __contains__(self, v) -> bool:
+        return v in self._pos
+
+    def replace(self, old: Value, new: Value) -> None:
+        """Put `new` wherever `old` is, in O(occurrences)."""
+        for i in self._pos.pop(old, ()):
+            super().__setitem__(i, new)
+            self._pos.setdefault(new, []).append(i)
+
+    def __reduce__(self):
+        return (OutputList, (list(self),))
+
+    def append(self, v: Value) -> None:
+        super().append(v)
+        self._pos.setdefault(v, []).append(len(self) - 1)
+
+    def extend(self, vs: Iterable[Value]) -> None:
+        super().extend(vs)
+        self._recount()
+
+    def __iadd__(self, vs):
+        self.extend(vs)
+        return self
+
+    def __setitem__(self, i, v) -> None:
+        super().__setitem__(i, v)
+        self._recount()
+
+    def __delitem__(self, i) -> None:
+        super().__delitem__(i)
+        self._recount()
+
+    def insert(self, i, v: Value) -> None:
+        super().insert(i, v)
+        self._recount()
+
+    def pop(self, i: int = -1) -> Value:
+        v = super().pop(i)
+        self._recount()
+        return v
+
+    def remove(self, v: Value) -> None:
+        super().remove(v)
+        self._recount()
+
+    def clear(self) -> None:
+        super().clear()
+        self._pos = {}
+
+
 @dataclass
 class Graph:
     """A flat SSA graph with named inputs, parameters, ops and outputs."""
@@ -179,6 +242,11 @@ class Graph:
     _names: set[str] = field(default_factory=set, repr=False)
     _counter: Iterator[int] = field(default_factory=itertools.count, repr=False)
     _next_seq: float = field(default=0.0, repr=False)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "outputs" and not isinstance(value, OutputList):
+            value = OutputList(value)
+        object.__setattr__(self, name, value)
 
     # ---- construction -------------------------------------------------
     def fresh_name(self, hint: str | None = None) -> str:
@@ -266,7 +334,7 @@ class Graph:
                     user.inputs[i] = new
             new.users[user] = None
         old.users.clear()
-        self.outputs = [new if v is old else v for v in self.outputs]
+        self.outputs.replace(old, new)
 
     # ---- queries --------------------------------------------------------
     @property
