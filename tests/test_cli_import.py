@@ -101,3 +101,32 @@ def test_config_only_import_has_unbacked_params(tmp_path):
     g = api.parse((tmp_path / "m.llmc").read_text())
     assert s["weights"] == "none (config only)" and len(g.params) == s["graph_params"] == 21
     assert not WeightStore(tmp_path).backed
+
+
+def test_inspect_13b_bf16_checkpoint_reads_no_data(tmp_path):
+    """26 GB of (sparse) bf16 weights: opening and validating only reads the header."""
+    import os
+    import struct
+
+    from llmc.frontends.config import parse_config
+    from llmc.frontends.loader import config_param_shapes
+    from llmc.frontends.naming import HF
+
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA2_13B))
+    header, off = {}, 0
+    for name, shape in config_param_shapes(parse_config(LLAMA2_13B), HF).items():
+        nbytes = int(np.prod(shape)) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + nbytes]}
+        off += nbytes
+    blob = json.dumps(header).encode()
+    path = tmp_path / "model.safetensors"
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        f.truncate(8 + len(blob) + off)
+    if os.stat(path).st_blocks * 512 > 1 << 20:
+        pytest.skip("filesystem without sparse files")
+    t0 = time.perf_counter()
+    s = api.inspect_model(tmp_path)
+    assert time.perf_counter() - t0 < 5.0
+    assert s["weights"] == "checked" and s["dtype"] == "bf16" and s["bytes"] == off
+    assert s["graph_params"] == 363
