@@ -39,6 +39,8 @@ class Family(Protocol):
 
     def qkv_names(self, layer: int) -> tuple[list[str], list[int]]: ...
 
+    def packed_qkv(self, x: Value, layer: int) -> Value: ...
+
     def weight(self, name: str, shape: tuple[int, ...]) -> Value: ...
 
 
@@ -136,7 +138,10 @@ def fused_attention(f: Family, x: Value, layer: int, ins: FullInputs) -> Value:
 
 
 def _heads(f: Family, x: Value, layer: int) -> tuple[Value, Value, Value]:
-    """q, k, v projections split into heads: [batch, seq, heads, head_dim]."""
+    """q, k, v projections split into heads: [batch, seq, heads, head_dim].
+
+    `f.qkv` may return more than three dims (fused qkv_proj: [batch, seq, kv, group, d]);
+    `reshape {shape=[0, 0, heads, d]}` flattens those the same way."""
     cfg, d = f.cfg, f.cfg.head_dim
     q, k, v = f.qkv(x, layer)
     return (f.b.reshape(q, shape=[0, 0, cfg.num_heads, d]),
@@ -198,8 +203,7 @@ def inference_layer(f: Family, x: Value, residual: Value | None, layer: int, bat
     eps = cfg.rms_norm_eps
     w_in = f.weight(n.input_norm(layer), hid)
     h, residual = b.fused_rms_norm(x, w_in, residual, epsilon=eps)
-    names, outs = f.qkv_names(layer)
-    qkv = f.packed_linear(h, names, outs, cfg.hidden_size)
+    qkv = f.packed_qkv(h, layer)
     attn, ck, cv = b.block_multihead_attention(qkv, *caches, *batch.attn_operands, **attn_attrs)
     o = f.linear(attn, n.attn(layer, "o_proj"), cfg.hidden_size, cfg.hidden_size)
     h, residual = b.fused_rms_norm(o, f.weight(n.post_norm(layer), hid), residual, epsilon=eps)

@@ -53,14 +53,52 @@ class LlamaFamily:
         return self.b.linear(x, w, transpose_w=self.transpose_w)
 
     def qkv_names(self, layer: int) -> tuple[list[str], list[int]]:
+        """The q/k/v weights of `layer` and their out features (one `qkv_proj` when fused)."""
         c, a = self.cfg, self.names.attn
         kv = c.num_kv_heads * c.head_dim
+        if self.names.fused_qkv:
+            return [a(layer, "qkv_proj")], [c.hidden_size + 2 * kv]
         return [a(layer, "q_proj"), a(layer, "k_proj"), a(layer, "v_proj")], [c.hidden_size, kv, kv]
 
     def qkv(self, x: Value, layer: int) -> tuple[Value, Value, Value]:
+        """q, k, v projections; their leading two dims are x's, the rest reshape to heads."""
+        if self.names.fused_qkv:
+            return self._grouped_qkv(x, layer)
         names, outs = self.qkv_names(layer)
         q, k, v = (self.linear(x, n, o, self.cfg.hidden_size) for n, o in zip(names, outs))
         return q, k, v
+
+    def _grouped_qkv(self, x: Value, layer: int) -> tuple[Value, Value, Value]:
+        """One linear on `qkv_proj`, split per KV group:
+        q [batch, seq, kv, group, d], k and v [batch, seq, kv, 1, d]."""
+        c = self.cfg
+        names, outs = self.qkv_names(layer)
+        y = self.linear(x, names[0], outs[0], c.hidden_size)
+        group = c.num_heads // c.num_kv_heads
+        y = self.b.reshape(y, shape=[0, 0, c.num_kv_heads, group + 2, c.head_dim])
+        q, k, v = self.b.split(y, axis=3, sizes=[group, 1, 1])
+        return q, k, v
+
+    def packed_qkv(self, x: Value, layer: int) -> Value:
+        """x times the packed [Q|K|V] weight: the operand block_multihead_attention reads."""
+        names, outs = self.qkv_names(layer)
+        if not self.names.fused_qkv:
+            return self.packed_linear(x, names, outs, self.cfg.hidden_size)
+        return self.b.linear(x, self._qkv_rows(layer), transpose_w=self.transpose_w)
+
+    def _qkv_rows(self, layer: int) -> Value:
+        """`qkv_proj` reordered in the graph from per-KV-group [q.., k, v] to [Q|K|V] features."""
+        c, in_out = self.cfg, self.names.linear_in_out
+        h, d, kv = c.hidden_size, c.head_dim, c.num_kv_heads
+        group = c.num_heads // kv
+        names, outs = self.qkv_names(layer)
+        w = self.weight(names[0], self.names.linear_shape(outs[0], h))
+        grouped = [h, kv, group + 2, d] if in_out else [kv, group + 2, d, h]
+        axis = 2 if in_out else 1
+        parts = self.b.split(self.b.reshape(w, shape=grouped), axis=axis, sizes=[group, 1, 1])
+        flat = [h, -1] if in_out else [-1, h]
+        rows = [self.b.reshape(p, shape=flat) for p in parts]
+        return self.b.concat(*rows, axis=1 if in_out else 0)
 
     def embed(self) -> Value:
         return self.weight(self.names.embed(), (self.cfg.vocab_size, self.cfg.hidden_size))

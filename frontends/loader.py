@@ -113,7 +113,9 @@ def config_param_shapes(cfg: ModelConfig, naming: Naming) -> dict[str, tuple[int
     lin = naming.linear_shape
     out = {naming.embed(): (cfg.vocab_size, h)}
     for i in range(cfg.num_layers):
-        if cfg.qkv_packed:
+        if naming.fused_qkv:
+            out[naming.attn(i, "qkv_proj")] = lin(h + 2 * kv, h)
+        elif cfg.qkv_packed:
             out[naming.attn(i, "W_pack")] = lin(h + 2 * kv, h)
         else:
             for proj, n in (("q_proj", h), ("k_proj", kv), ("v_proj", kv)):
@@ -130,20 +132,38 @@ def config_param_shapes(cfg: ModelConfig, naming: Naming) -> dict[str, tuple[int
     return out
 
 
-def _naming(cfg: ModelConfig, weights: WeightStore) -> Naming:
+def _naming(cfg: ModelConfig, weights: WeightStore, raw: dict) -> Naming:
     """Names and Linear layout from the weights (pdparams, `llama.` names, the stored shape
-    of gate_proj), else from the config's source format."""
+    of gate_proj), else from the config's source format; fused qkv as `_fused_qkv` says."""
     if not weights.backed:
+        if _config_fuses_qkv(cfg, raw):  # a PaddleNLP-only field
+            return dataclasses.replace(PADDLE, fused_qkv=True)
         return naming_for(cfg.source_format)
     paddle = weights.format.startswith("pdparams") or any(n.startswith(PADDLE.prefix)
                                                          for n in weights)
     base = PADDLE if paddle else naming_for("hf")
+    base = dataclasses.replace(base, fused_qkv=_fused_qkv(cfg, weights, raw, base))
     gate = base.mlp(0, "gate_proj")
     if gate in weights and cfg.hidden_size != cfg.intermediate_size:
         in_out = weights.info(gate).shape == (cfg.hidden_size, cfg.intermediate_size)
         if in_out != base.linear_in_out:
             return dataclasses.replace(base, linear_in_out=in_out)
     return base
+
+
+def _config_fuses_qkv(cfg: ModelConfig, raw: dict) -> bool:
+    """PaddleNLP's `fuse_attention_qkv` (llama family only; Baichuan has W_pack)."""
+    return cfg.family == "llama" and bool(raw.get("fuse_attention_qkv", False))
+
+
+def _fused_qkv(cfg: ModelConfig, weights: WeightStore, raw: dict, base: Naming) -> bool:
+    """Whether layer 0 stores one `qkv_proj`: the tensors decide, the config only when
+    neither qkv_proj nor q_proj is there."""
+    if cfg.family != "llama":
+        return False
+    if base.attn(0, "qkv_proj") in weights:
+        return True
+    return base.attn(0, "q_proj") not in weights and _config_fuses_qkv(cfg, raw)
 
 
 def open_checkpoint(model_dir: str | Path, allow_pickle: bool = False,
@@ -162,7 +182,7 @@ def open_checkpoint(model_dir: str | Path, allow_pickle: bool = False,
         weights = WeightStore.empty(d)
     else:
         weights = WeightStore(d, allow_pickle=allow_pickle, compute_dtype=compute_dtype, config=cfg)
-    naming = _naming(cfg, weights)
+    naming = _naming(cfg, weights, raw)
     fmt = cfg.source_format
     if naming.prefix == PADDLE.prefix or fmt == "paddle":
         fmt = "paddle" if naming.prefix == PADDLE.prefix else "hf"

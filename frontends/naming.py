@@ -13,11 +13,16 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Naming:
-    """Names of a checkpoint's tensors; `linear_in_out` is True for Paddle's [in, out] layout."""
+    """Names of a checkpoint's tensors; `linear_in_out` is True for Paddle's [in, out] layout.
+
+    `fused_qkv` is PaddleNLP's `fuse_attention_qkv`: one `qkv_proj` per layer whose output
+    features are grouped per KV head as [that group's query heads, k, v], each head_dim wide.
+    """
 
     prefix: str = "model."  # "model." (HF) or "llama." (PaddleNLP)
     linear_in_out: bool = False
     lm_head: str = "lm_head.weight"
+    fused_qkv: bool = False
 
     def embed(self) -> str:
         return f"{self.prefix}embed_tokens.weight"
@@ -26,7 +31,7 @@ class Naming:
         return f"{self.prefix}layers.{i}.{suffix}"
 
     def attn(self, i: int, proj: str) -> str:
-        """proj: q_proj, k_proj, v_proj, o_proj or W_pack."""
+        """proj: q_proj, k_proj, v_proj, o_proj, W_pack or qkv_proj."""
         return self.layer(i, f"self_attn.{proj}.weight")
 
     def mlp(self, i: int, proj: str) -> str:
