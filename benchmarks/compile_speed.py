@@ -13,19 +13,24 @@ import platform
 import time
 from pathlib import Path
 
-from llmc import api
-from llmc.compile import build_graph, model_facts
 from llmc.compiler.passmanager import PassContext
 from llmc.frontends.config import parse_config
 from llmc.frontends.naming import naming_for
 from llmc.passes.pipelines import get_target
 
+from llmc import api
+from llmc.compile import build_graph, model_facts
+
 HERE = Path(__file__).parent
-CONFIGS = {"llama2-13b": HERE / "configs" / "llama2-13b.json",
-           "baichuan2-13b": HERE / "configs" / "baichuan2-13b.json"}
+CONFIGS = {
+    "llama2-13b": HERE / "configs" / "llama2-13b.json",
+    "baichuan2-13b": HERE / "configs" / "baichuan2-13b.json",
+}
 
 
-def time_pipeline(cfg, target: str = "ascend910b", repeat: int = 5) -> tuple[float, float, int, int, dict]:
+def time_pipeline(
+    cfg, target: str = "ascend910b", repeat: int = 5
+) -> tuple[float, float, int, int, dict]:
     """(best pipeline s, best build s, ops in, ops out, matches) over `repeat` fresh graphs."""
     tgt = get_target(target)
     best_run = best_build = float("inf")
@@ -37,7 +42,11 @@ def time_pipeline(cfg, target: str = "ascend910b", repeat: int = 5) -> tuple[flo
         recs = api.run_pipeline(g, tgt.spec, ctx=PassContext(model=model_facts(cfg, tgt.form)))
         t2 = time.perf_counter()
         best_build, best_run = min(best_build, t1 - t0), min(best_run, t2 - t1)
-    matches = {r.name: f"{r.matched}/{r.expected}" for r in recs if r.name.startswith("llama_fuse_attention")}
+    matches = {
+        r.name: f"{r.matched}/{r.expected}"
+        for r in recs
+        if r.name.startswith("llama_fuse_attention")
+    }
     return best_run, best_build, ops_in, len(g), matches
 
 
@@ -55,10 +64,18 @@ def main() -> None:
             times[layers] = run_s
             rows.append((model, layers, a, b, build_s * 1e3, run_s * 1e3, m))
         rows.append((model, "80/40", "", "", None, times[80] / times[40], {}))
-    head = "| model | layers | ops in | ops out | build ms | ascend910b pipeline ms | layer matches (matched/expected) |"
-    lines = [f"# Compile speed: ascend910b pipeline (best of {args.repeat})", "",
-             f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}", "",
-             head, "|" + "---|" * 7]
+    head = (
+        "| model | layers | ops in | ops out | build ms | ascend910b pipeline ms "
+        "| layer matches (matched/expected) |"
+    )
+    lines = [
+        f"# Compile speed: ascend910b pipeline (best of {args.repeat})",
+        "",
+        f"machine: {platform.machine()}, python {platform.python_version()}",
+        "",
+        head,
+        "|" + "---|" * 7,
+    ]
     for model, layers, a, b, build, run, m in rows:
         if layers == "80/40":
             lines.append(f"| {model} | 80/40 ratio | | | | {run:.2f}x | |")

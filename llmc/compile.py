@@ -13,9 +13,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from llmc.compiler.errors import LlmcError
 from llmc.compiler.ir import Graph
@@ -51,7 +51,13 @@ def build_graph(cfg, naming, form: str) -> Graph:
         raise LlmcError(f"unknown graph form '{form}'; known forms: {', '.join(FORMS)}")
     g = build_full(cfg, naming)
     logits = g.outputs[0]
-    sl = make_op(g, "slice", [logits], {"axes": (1,), "starts": (-1,), "ends": (I64_MAX,)}, name="last_logits")
+    sl = make_op(
+        g,
+        "slice",
+        [logits],
+        {"axes": (1,), "starts": (-1,), "ends": (I64_MAX,)},
+        name="last_logits",
+    )
     g.append(sl)
     g.outputs[0] = sl.output
     return g
@@ -59,8 +65,14 @@ def build_graph(cfg, naming, form: str) -> Graph:
 
 def model_facts(cfg, form: str) -> dict:
     """What the passes may use to predict their match counts."""
-    return {"num_layers": cfg.num_layers, "position": cfg.position, "qkv_packed": cfg.qkv_packed,
-            "num_heads": cfg.num_heads, "num_kv_heads": cfg.num_kv_heads, "form": form}
+    return {
+        "num_layers": cfg.num_layers,
+        "position": cfg.position,
+        "qkv_packed": cfg.qkv_packed,
+        "num_heads": cfg.num_heads,
+        "num_kv_heads": cfg.num_kv_heads,
+        "form": form,
+    }
 
 
 def weights_manifest(g: Graph, ckpt) -> dict:
@@ -71,16 +83,29 @@ def weights_manifest(g: Graph, ckpt) -> dict:
         entry = {"shape": list(p.type.shape)}
         if store.backed and name in store:
             info = store.info(name)
-            entry.update(file=os.path.relpath(store.file_of(name), ckpt.model_dir), dtype=info.dtype,
-                         stored_shape=list(info.shape))
+            entry.update(
+                file=os.path.relpath(store.file_of(name), ckpt.model_dir),
+                dtype=info.dtype,
+                stored_shape=list(info.shape),
+            )
         tensors[name] = entry
-    return {"model_dir": str(Path(ckpt.model_dir).resolve()), "backed": bool(store.backed),
-            "format": store.format, "compute_dtype": "float32", "tensors": tensors}
+    return {
+        "model_dir": str(Path(ckpt.model_dir).resolve()),
+        "backed": bool(store.backed),
+        "format": store.format,
+        "compute_dtype": "float32",
+        "tensors": tensors,
+    }
 
 
-def compile_model(source: str | Path, target: str, form: str | None = None,
-                  instruments: Instruments | None = None, log: Callable[[str], None] | None = None,
-                  emit_ir: Callable[[str, str], None] | None = None) -> Compiled:
+def compile_model(
+    source: str | Path,
+    target: str,
+    form: str | None = None,
+    instruments: Instruments | None = None,
+    log: Callable[[str], None] | None = None,
+    emit_ir: Callable[[str, str], None] | None = None,
+) -> Compiled:
     """Import `source` (model dir or config .json), run the target's pipeline, verify."""
     from llmc import api
     from llmc.frontends.loader import open_checkpoint
@@ -101,14 +126,27 @@ def compile_model(source: str | Path, target: str, form: str | None = None,
     g = build_graph(cfg, ckpt.naming, form)
     t1 = time.perf_counter()
     ops_in = len(g)
-    records = api.run_pipeline(g, tgt.spec, instruments, log=sink, emit_ir=emit_ir,
-                               ctx=PassContext(model=model_facts(cfg, form)))
+    records = api.run_pipeline(
+        g,
+        tgt.spec,
+        instruments,
+        log=sink,
+        emit_ir=emit_ir,
+        ctx=PassContext(model=model_facts(cfg, form)),
+    )
     verify(g)
     t2 = time.perf_counter()
     report = {
-        "target": tgt.name, "form": form, "model": cfg.name, "config": cfg.to_dict(),
-        "source": str(source), "ops_in": ops_in, "ops_out": len(g), "op_counts": g.op_counts(),
-        "build_ms": round((t1 - t0) * 1e3, 3), "pipeline_ms": round((t2 - t1) * 1e3, 3),
+        "target": tgt.name,
+        "form": form,
+        "model": cfg.name,
+        "config": cfg.to_dict(),
+        "source": str(source),
+        "ops_in": ops_in,
+        "ops_out": len(g),
+        "op_counts": g.op_counts(),
+        "build_ms": round((t1 - t0) * 1e3, 3),
+        "pipeline_ms": round((t2 - t1) * 1e3, 3),
         "passes": [asdict(r) | {"mismatch": r.mismatch} for r in records],
         "mismatches": [r.name for r in records if r.mismatch],
     }
@@ -128,7 +166,9 @@ def write_artifact(c: Compiled, out: str | Path) -> Path:
         old = None
         if out.exists():
             if not (out / "model.llmc").exists() and any(out.iterdir()):
-                raise LlmcError(f"{out}: exists and is not an llmc artifact; refusing to replace it")
+                raise LlmcError(
+                    f"{out}: exists and is not an llmc artifact; refusing to replace it"
+                )
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
         os.replace(tmp, out)
@@ -154,11 +194,16 @@ class Artifact:
         from llmc.frontends.weights import WeightStore
 
         if not self.manifest.get("backed"):
-            raise LlmcError(f"{self.path}: compiled from a config alone; there are no weights to run")
+            raise LlmcError(
+                f"{self.path}: compiled from a config alone; there are no weights to run"
+            )
         store = WeightStore(self.manifest["model_dir"])
         missing = [n for n in self.manifest["tensors"] if n not in store]
         if missing:
-            raise LlmcError(f"{self.path}: checkpoint {self.manifest['model_dir']} lacks {', '.join(missing[:3])}")
+            raise LlmcError(
+                f"{self.path}: checkpoint {self.manifest['model_dir']} "
+                f"lacks {', '.join(missing[:3])}"
+            )
         return store
 
 
@@ -176,15 +221,18 @@ def load_artifact(path: str | Path) -> Artifact:
     return Artifact(p, parse(text, str(p / "model.llmc")), report, manifest)
 
 
-def generate(art: Artifact, prompt_ids: list[int], max_new_tokens: int,
-             eos_token_id: int | None = None, weights=None) -> list[int]:
+def generate(
+    art: Artifact,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    eos_token_id: int | None = None,
+    weights=None,
+) -> list[int]:
     """Greedy new tokens for one prompt, on the reference interpreter (any target's artifact)."""
     import numpy as np
 
     from llmc.runtime.generate import Generator
     from llmc.runtime.reference import run
-
-    import llmc.passes  # noqa: F401  (fused ops' kernels are in the registry already; passes for parity)
 
     w = weights if weights is not None else art.weights()
     if not prompt_ids:

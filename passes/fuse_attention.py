@@ -19,13 +19,33 @@ from llmc.compiler.rewrite import P, apply_rules, rule
 from .fuse_common import const_scalar, count, num_layers
 
 BSHD = {"perm": (0, 2, 1, 3)}
-ATTN = P("transpose", P("matmul", P("softmax", P("add", P("mul", P("matmul", P("transpose", P.var("q"), attrs=BSHD),
-                                                                   P.var("kr"), attrs={"transpose_a": False, "transpose_b": True}),
-                                                                 P("constant", name="scale")),
-                                                         P.var("mask")),
-                                                name="sm"),
-                                      P.var("vr"), attrs={"transpose_a": False, "transpose_b": False}),
-         attrs=BSHD)
+ATTN = P(
+    "transpose",
+    P(
+        "matmul",
+        P(
+            "softmax",
+            P(
+                "add",
+                P(
+                    "mul",
+                    P(
+                        "matmul",
+                        P("transpose", P.var("q"), attrs=BSHD),
+                        P.var("kr"),
+                        attrs={"transpose_a": False, "transpose_b": True},
+                    ),
+                    P("constant", name="scale"),
+                ),
+                P.var("mask"),
+            ),
+            name="sm",
+        ),
+        P.var("vr"),
+        attrs={"transpose_a": False, "transpose_b": False},
+    ),
+    attrs=BSHD,
+)
 
 
 def unrepeat(v: Value) -> Value | None:
@@ -33,7 +53,12 @@ def unrepeat(v: Value) -> Value | None:
     op = v.producer
     if op is not None and op.kind == "reshape":
         cat = op.inputs[0].producer
-        if cat is None or cat.kind != "concat" or cat.attrs["axis"] != 2 or len(set(cat.inputs)) != 1:
+        if (
+            cat is None
+            or cat.kind != "concat"
+            or cat.attrs["axis"] != 2
+            or len(set(cat.inputs)) != 1
+        ):
             return None
         un = cat.inputs[0].producer
         if un is None or un.kind != "unsqueeze" or un.attrs["axes"] != (2,):
@@ -56,11 +81,23 @@ def is_causal_mask(v: Value) -> bool:
     if wh is None or wh.kind != "where":
         return False
     lt = wh.inputs[0].producer
-    if lt is None or lt.kind != "less" or const_scalar(wh.inputs[1]) != -math.inf or const_scalar(wh.inputs[2]) != 0.0:
+    if (
+        lt is None
+        or lt.kind != "less"
+        or const_scalar(wh.inputs[1]) != -math.inf
+        or const_scalar(wh.inputs[2]) != 0.0
+    ):
         return False
     a, b = (x.producer for x in lt.inputs)
-    return (a is not None and b is not None and a.kind == b.kind == "unsqueeze" and a.inputs[0] is b.inputs[0]
-            and a.attrs["axes"] == (2,) and b.attrs["axes"] == (1,) and a.inputs[0].type.rank == 2)
+    return (
+        a is not None
+        and b is not None
+        and a.kind == b.kind == "unsqueeze"
+        and a.inputs[0] is b.inputs[0]
+        and a.attrs["axes"] == (2,)
+        and b.attrs["axes"] == (1,)
+        and a.inputs[0].type.rank == 2
+    )
 
 
 def split_mask(mask: Value) -> tuple[bool, Value | None]:
@@ -75,7 +112,12 @@ def split_mask(mask: Value) -> tuple[bool, Value | None]:
     return False, None
 
 
-@rule(ATTN, check=lambda m: m["sm"].attrs["axis"] in (-1, 3) and const_scalar(m["scale"].output) is not None)
+@rule(
+    ATTN,
+    check=lambda m: (
+        m["sm"].attrs["axis"] in (-1, 3) and const_scalar(m["scale"].output) is not None
+    ),
+)
 def attention(rw, q, kr, scale, mask, sm, vr):
     k, v = unrepeat(kr), unrepeat(vr)
     causal, bias = split_mask(mask)

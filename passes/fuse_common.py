@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from llmc.compiler.ir import Graph, Op, Value
 from llmc.compiler.passmanager import PassContext
 

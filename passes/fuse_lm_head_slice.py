@@ -9,15 +9,27 @@ from llmc.compiler.passmanager import Pass, PassContext, register_pass
 from llmc.compiler.rewrite import P, apply_rules, rule
 
 LOGITS = P("slice", P("linear", P.var("x"), P.var("w"), name="lin", one_use=True), name="sl")
-NORMED = P("slice", P("linear", P("rms_norm", P.var("h"), P.var("nw"), name="norm", one_use=True), P.var("w"),
-                      name="lin", one_use=True), name="sl")
+NORMED = P(
+    "slice",
+    P(
+        "linear",
+        P("rms_norm", P.var("h"), P.var("nw"), name="norm", one_use=True),
+        P.var("w"),
+        name="lin",
+        one_use=True,
+    ),
+    name="sl",
+)
 
 
 def _token_axes(m) -> bool:
     """The slice is a graph output (the logits) and keeps the contracted dim whole."""
     rank = m["lin"].inputs[0].type.rank
-    return (len(m["lin"].inputs) == 2 and m["sl"].output in m["sl"].graph.outputs
-            and all(a % rank != rank - 1 for a in m["sl"].attrs["axes"]))
+    return (
+        len(m["lin"].inputs) == 2
+        and m["sl"].output in m["sl"].graph.outputs
+        and all(a % rank != rank - 1 for a in m["sl"].attrs["axes"])
+    )
 
 
 @rule(NORMED, check=_token_axes)
@@ -26,14 +38,33 @@ def slice_before_norm(rw, h, nw, w, norm, lin, sl):
     return rw.op("linear", x, w, **lin.attrs)
 
 
-ADD_NORMED = P("slice", P("linear", P("add_rms_norm", P.var("a"), P.var("b"), P.var("nw"), out=0, name="norm",
-                                      one_use=True), P.var("w"), name="lin", one_use=True), name="sl")
+ADD_NORMED = P(
+    "slice",
+    P(
+        "linear",
+        P("add_rms_norm", P.var("a"), P.var("b"), P.var("nw"), out=0, name="norm", one_use=True),
+        P.var("w"),
+        name="lin",
+        one_use=True,
+    ),
+    name="sl",
+)
 
 
-@rule(ADD_NORMED, check=lambda m: _token_axes(m) and not m["norm"].outputs[1].users
-      and m["a"].type == m["b"].type)
+@rule(
+    ADD_NORMED,
+    check=lambda m: (
+        _token_axes(m) and not m["norm"].outputs[1].users and m["a"].type == m["b"].type
+    ),
+)
 def slice_before_add_norm(rw, a, b, nw, w, norm, lin, sl):
-    x, _ = rw.op("add_rms_norm", rw.op("slice", a, **sl.attrs), rw.op("slice", b, **sl.attrs), nw, **norm.attrs)
+    x, _ = rw.op(
+        "add_rms_norm",
+        rw.op("slice", a, **sl.attrs),
+        rw.op("slice", b, **sl.attrs),
+        nw,
+        **norm.attrs,
+    )
     return rw.op("linear", x, w, **lin.attrs)
 
 
@@ -44,7 +75,7 @@ def slice_before_lm_head(rw, x, w, lin, sl):
 
 @register_pass
 class FuseLmHeadSlice(Pass):
-    """slice(linear(rms_norm(h), W)) on token axes → linear(rms_norm(slice(h)), W) (add_rms_norm too)."""
+    """slice(linear(rms_norm(h), W)) on token axes → linear(rms_norm(slice(h)), W)."""
 
     name = "fuse_lm_head_slice"
 
@@ -52,6 +83,11 @@ class FuseLmHeadSlice(Pass):
         return apply_rules(g, [slice_before_norm, slice_before_add_norm, slice_before_lm_head])
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        return sum(1 for v in g.outputs if v.producer is not None and v.producer.kind == "slice"
-                   and v.producer.inputs[0].producer is not None
-                   and v.producer.inputs[0].producer.kind == "linear")
+        return sum(
+            1
+            for v in g.outputs
+            if v.producer is not None
+            and v.producer.kind == "slice"
+            and v.producer.inputs[0].producer is not None
+            and v.producer.inputs[0].producer.kind == "linear"
+        )

@@ -12,21 +12,25 @@ from .fuse_common import count, num_layers
 x = P.var("x")
 
 
-@rule(P("mul", P("silu", P.var("g")), P.var("u")),
-      check=lambda m: m["g"].type == m["u"].type)
+@rule(P("mul", P("silu", P.var("g")), P.var("u")), check=lambda m: m["g"].type == m["u"].type)
 def swiglu(rw, g, u):
     return rw.op("swiglu", g, u)
 
 
 def _siblings(m) -> bool:
     lg, lu = m["lg"], m["lu"]
-    return (lg.attrs["transpose_w"] == lu.attrs["transpose_w"] and lg.output.type == lu.output.type
-            and m["wg"].type == m["wu"].type
-            and all(len(o.output.users) == 1 and o.output not in o.graph.outputs for o in (lg, lu)))
+    return (
+        lg.attrs["transpose_w"] == lu.attrs["transpose_w"]
+        and lg.output.type == lu.output.type
+        and m["wg"].type == m["wu"].type
+        and all(len(o.output.users) == 1 and o.output not in o.graph.outputs for o in (lg, lu))
+    )
 
 
-@rule(P("swiglu", P("linear", x, P.param("wg"), name="lg"), P("linear", x, P.param("wu"), name="lu")),
-      check=_siblings)
+@rule(
+    P("swiglu", P("linear", x, P.param("wg"), name="lg"), P("linear", x, P.param("wu"), name="lu")),
+    check=_siblings,
+)
 def gate_up(rw, x, wg, wu, lg, lu):
     tw = lg.attrs["transpose_w"]
     w = rw.op("concat", wg, wu, axis=0 if tw else 1)
@@ -58,4 +62,8 @@ class FuseGateUp(Pass):
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
         n = num_layers(ctx)
-        return n if n is not None else sum(1 for op in g.ops if op.kind == "swiglu" and len(op.inputs) == 2)
+        return (
+            n
+            if n is not None
+            else sum(1 for op in g.ops if op.kind == "swiglu" and len(op.inputs) == 2)
+        )

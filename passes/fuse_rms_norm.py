@@ -12,27 +12,51 @@ from llmc.compiler.rewrite import P, Rule, apply_rules
 from .fuse_common import const_scalar, count, num_layers, users_after
 
 x = P.var("x")
-NORM = P("mul", P("mul", x, P("rsqrt", P("add", P("reduce_mean", P("mul", x, x, name="sq"), name="mean",
-                                                     attrs={"keepdims": True}),
-                                            P("constant", name="eps"))), name="inner"),
-         P.var("w"), name="root")
+NORM = P(
+    "mul",
+    P(
+        "mul",
+        x,
+        P(
+            "rsqrt",
+            P(
+                "add",
+                P("reduce_mean", P("mul", x, x, name="sq"), name="mean", attrs={"keepdims": True}),
+                P("constant", name="eps"),
+            ),
+        ),
+        name="inner",
+    ),
+    P.var("w"),
+    name="root",
+)
 
 
 def _check(m) -> bool:
     xv: Value = m["x"]
     axes = m["mean"].attrs["axes"]
-    return (xv.type.dtype.is_float and axes in ((-1,), (xv.type.rank - 1,))
-            and const_scalar(m["eps"].output) is not None and m["w"].type.rank == 1)
+    return (
+        xv.type.dtype.is_float
+        and axes in ((-1,), (xv.type.rank - 1,))
+        and const_scalar(m["eps"].output) is not None
+        and m["w"].type.rank == 1
+    )
 
 
 def _fuse(rw, x, w, eps, sq, mean, inner, root, residual: bool):
     epsilon = const_scalar(eps.output)
     add = x.producer
-    if (residual and add is not None and add.kind == "add" and x not in rw.graph.outputs
-            and add.inputs[0].type == add.inputs[1].type == x.type
-            and users_after(x, root, {sq, inner})):
-        out, s = rw.op("add_rms_norm", add.inputs[0], add.inputs[1], w, epsilon=epsilon,
-                       name=root.output.name)
+    if (
+        residual
+        and add is not None
+        and add.kind == "add"
+        and x not in rw.graph.outputs
+        and add.inputs[0].type == add.inputs[1].type == x.type
+        and users_after(x, root, {sq, inner})
+    ):
+        out, s = rw.op(
+            "add_rms_norm", add.inputs[0], add.inputs[1], w, epsilon=epsilon, name=root.output.name
+        )
         rw.graph.replace_all_uses(x, s)
         rw.graph.erase(add)
         return out
@@ -41,13 +65,15 @@ def _fuse(rw, x, w, eps, sq, mean, inner, root, residual: bool):
 
 @register_pass
 class FuseRmsNorm(Pass):
-    """Decomposed RMSNorm (mul, reduce_mean, add eps, rsqrt, mul, mul w) → rms_norm / add_rms_norm."""
+    """Decomposed RMSNorm (mean of squares, eps, rsqrt, scale) → rms_norm / add_rms_norm."""
 
     name = "fuse_rms_norm"
     residual: bool = True
 
     def run(self, g: Graph, ctx: PassContext) -> int:
-        return apply_rules(g, [Rule(NORM, partial(_fuse, residual=self.residual), _check, "rms_norm")])
+        return apply_rules(
+            g, [Rule(NORM, partial(_fuse, residual=self.residual), _check, "rms_norm")]
+        )
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
         n = num_layers(ctx)

@@ -7,7 +7,6 @@ theta is recovered from inv_freq and every entry is checked against it."""
 from __future__ import annotations
 
 import numpy as np
-
 from llmc.compiler.ir import DType, Graph, Value
 from llmc.compiler.passmanager import Pass, PassContext, register_pass
 from llmc.compiler.rewrite import P, apply_rules, rule
@@ -18,14 +17,27 @@ x, f = P.var("x"), P.var("f")
 
 
 def _table(fn: str) -> P:
-    return P("unsqueeze", P(fn, P("concat", f, f, attrs={"axis": lambda a: a in (-1, 1, 2)})),
-             attrs={"axes": (2,)})
+    return P(
+        "unsqueeze",
+        P(fn, P("concat", f, f, attrs={"axis": lambda a: a in (-1, 1, 2)})),
+        attrs={"axes": (2,)},
+    )
 
 
-ROPE = P("add", P("mul", x, _table("cos")),
-         P("mul", P("concat", P("neg", P("slice", x, name="hi")), P("slice", x, name="lo"),
-                    attrs={"axis": lambda a: a in (3, -1)}),
-           _table("sin")))
+ROPE = P(
+    "add",
+    P("mul", x, _table("cos")),
+    P(
+        "mul",
+        P(
+            "concat",
+            P("neg", P("slice", x, name="hi")),
+            P("slice", x, name="lo"),
+            attrs={"axis": lambda a: a in (3, -1)},
+        ),
+        _table("sin"),
+    ),
+)
 
 
 def trace_freqs(f: Value) -> tuple[Value, float, float] | None:
@@ -36,14 +48,25 @@ def trace_freqs(f: Value) -> tuple[Value, float, float] | None:
     for a, b in (mul.inputs, mul.inputs[::-1]):
         inv = const_array(b)
         un = a.producer
-        if inv is None or inv.ndim != 1 or un is None or un.kind != "unsqueeze" or un.attrs["axes"] != (2,):
+        if (
+            inv is None
+            or inv.ndim != 1
+            or un is None
+            or un.kind != "unsqueeze"
+            or un.attrs["axes"] != (2,)
+        ):
             continue
         pos, factor = un.inputs[0], 1.0
         if pos.producer is not None and pos.producer.kind == "div":
             factor = const_scalar(pos.producer.inputs[1])
             pos = pos.producer.inputs[0]
         cast = pos.producer
-        if factor is None or cast is None or cast.kind != "cast" or cast.inputs[0].type.dtype not in (DType.i64, DType.i32):
+        if (
+            factor is None
+            or cast is None
+            or cast.kind != "cast"
+            or cast.inputs[0].type.dtype not in (DType.i64, DType.i32)
+        ):
             return None
         theta = theta_of(inv)
         return (cast.inputs[0], theta, factor) if theta is not None else None
@@ -69,10 +92,18 @@ def _check(m) -> bool:
     if m["x"].type.rank != 4 or not isinstance(d, int) or d % 2:
         return False
     hi, lo, h = m["hi"].attrs, m["lo"].attrs, d // 2
-    big = lambda e: e >= d  # noqa: E731
-    return (hi["axes"] in ((3,), (-1,)) and hi["starts"] == (h,) and big(hi["ends"][0]) and not hi["steps"]
-            and lo["axes"] == hi["axes"] and lo["starts"] == (0,) and lo["ends"] == (h,) and not lo["steps"]
-            and m["f"].type.shape[-1] == h)
+    big = lambda e: e >= d
+    return (
+        hi["axes"] in ((3,), (-1,))
+        and hi["starts"] == (h,)
+        and big(hi["ends"][0])
+        and not hi["steps"]
+        and lo["axes"] == hi["axes"]
+        and lo["starts"] == (0,)
+        and lo["ends"] == (h,)
+        and not lo["steps"]
+        and m["f"].type.shape[-1] == h
+    )
 
 
 @rule(ROPE, check=_check)

@@ -26,9 +26,21 @@ ASCEND_VENDOR_PASSES = (
     "llama_fuse_get_padding_offset",
 )
 CLEANUP = ("cse", "dce")
-PER_OP_NO_RESIDUAL = ("fuse_rms_norm{residual=false}", "fuse_lm_head_slice", "fuse_rope", "fuse_attention")
-PER_OP_FULL = ("fuse_rms_norm", "fuse_lm_head_slice", "fuse_rope", "fuse_attention", "fuse_swiglu",
-               "fuse_gate_up", "fuse_qkv")
+PER_OP_NO_RESIDUAL = (
+    "fuse_rms_norm{residual=false}",
+    "fuse_lm_head_slice",
+    "fuse_rope",
+    "fuse_attention",
+)
+PER_OP_FULL = (
+    "fuse_rms_norm",
+    "fuse_lm_head_slice",
+    "fuse_rope",
+    "fuse_attention",
+    "fuse_swiglu",
+    "fuse_gate_up",
+    "fuse_qkv",
+)
 
 
 @dataclass(frozen=True)
@@ -45,19 +57,42 @@ class Target:
         return ",".join(self.passes)
 
 
-TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("ascend910b", "Ascend 910B via paddle-custom-npu (ATB fused decoder layer)", "inference",
-           ASCEND_VENDOR_PASSES + CLEANUP),
-    Target("mlu370", "Cambricon MLU370: rms_norm, rope, flash-attention kernels", "full",
-           PER_OP_NO_RESIDUAL + CLEANUP),
-    Target("bi150", "Iluvatar BI-V150: rms_norm, rope, flash-attention kernels", "full",
-           PER_OP_NO_RESIDUAL + CLEANUP),
-    Target("cuda", "NVIDIA GPU: rms_norm(+residual), rope, GQA attention, swiglu, merged qkv / gate_up",
-           "full", PER_OP_FULL + CLEANUP),
-    Target("cpu", "CPU (ONNX Runtime CPU kernels: SkipSimplifiedLayerNormalization, RotaryEmbedding, "
-           "GroupQueryAttention / MultiHeadAttention; swiglu and merged matmuls are plain ops)",
-           "full", PER_OP_FULL + CLEANUP),
-)}
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target(
+            "ascend910b",
+            "Ascend 910B via paddle-custom-npu (ATB fused decoder layer)",
+            "inference",
+            ASCEND_VENDOR_PASSES + CLEANUP,
+        ),
+        Target(
+            "mlu370",
+            "Cambricon MLU370: rms_norm, rope, flash-attention kernels",
+            "full",
+            PER_OP_NO_RESIDUAL + CLEANUP,
+        ),
+        Target(
+            "bi150",
+            "Iluvatar BI-V150: rms_norm, rope, flash-attention kernels",
+            "full",
+            PER_OP_NO_RESIDUAL + CLEANUP,
+        ),
+        Target(
+            "cuda",
+            "NVIDIA GPU: rms_norm(+residual), rope, GQA attention, swiglu, merged qkv / gate_up",
+            "full",
+            PER_OP_FULL + CLEANUP,
+        ),
+        Target(
+            "cpu",
+            "CPU (ONNX Runtime CPU kernels: SkipSimplifiedLayerNormalization, RotaryEmbedding, "
+            "GroupQueryAttention / MultiHeadAttention; swiglu and merged matmuls are plain ops)",
+            "full",
+            PER_OP_FULL + CLEANUP,
+        ),
+    )
+}
 
 
 def get_target(name: str) -> Target:

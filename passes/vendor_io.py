@@ -22,7 +22,9 @@ def _is_logits(m) -> bool:
 
 @rule(P("linear", NORM, w, name="lin"), check=_is_logits)
 def lm_head(rw, x, nw, w, norm, lin):
-    return rw.op("lm_head", x, nw, w, epsilon=norm.attrs["epsilon"], transpose_w=lin.attrs["transpose_w"])
+    return rw.op(
+        "lm_head", x, nw, w, epsilon=norm.attrs["epsilon"], transpose_w=lin.attrs["transpose_w"]
+    )
 
 
 def _token_slice(m) -> bool:
@@ -32,18 +34,33 @@ def _token_slice(m) -> bool:
 
 @rule(P("linear", P("slice", NORM, name="sl", one_use=True), w, name="lin"), check=_token_slice)
 def lm_head_with_slice(rw, x, nw, w, norm, sl, lin):
-    return rw.op("lm_head", rw.op("slice", x, **sl.attrs), nw, w, epsilon=norm.attrs["epsilon"],
-                 transpose_w=lin.attrs["transpose_w"])
+    return rw.op(
+        "lm_head",
+        rw.op("slice", x, **sl.attrs),
+        nw,
+        w,
+        epsilon=norm.attrs["epsilon"],
+        transpose_w=lin.attrs["transpose_w"],
+    )
 
 
-PADDING = P("get_padding_offset", ids,
-            P("cumsum", P("sub", P("cast", P("dim_size", ids, attrs={"axis": 1}), name="cast"), lens),
-              attrs={"axis": lambda a: a in (-1, 0), "exclusive": False}),
-            P("reduce_sum", lens, attrs={"axes": lambda a: a in ((), (0,), (-1,)), "keepdims": False}),
-            lens)
+PADDING = P(
+    "get_padding_offset",
+    ids,
+    P(
+        "cumsum",
+        P("sub", P("cast", P("dim_size", ids, attrs={"axis": 1}), name="cast"), lens),
+        attrs={"axis": lambda a: a in (-1, 0), "exclusive": False},
+    ),
+    P("reduce_sum", lens, attrs={"axes": lambda a: a in ((), (0,), (-1,)), "keepdims": False}),
+    lens,
+)
 
 
-@rule(PADDING, check=lambda m: m["cast"].attrs["dtype"] is m["lens"].type.dtype and m["lens"].type.rank == 1)
+@rule(
+    PADDING,
+    check=lambda m: m["cast"].attrs["dtype"] is m["lens"].type.dtype and m["lens"].type.rank == 1,
+)
 def remove_padding(rw, ids, lens, cast):
     return rw.op("remove_padding", ids, lens)
 
@@ -58,9 +75,14 @@ class LlamaFuseLmHeadWithSlice(Pass):
         return apply_rules(g, [lm_head_with_slice])
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        return sum(1 for v in g.outputs if v.producer is not None and v.producer.kind == "linear"
-                   and v.producer.inputs[0].producer is not None
-                   and v.producer.inputs[0].producer.kind == "slice")
+        return sum(
+            1
+            for v in g.outputs
+            if v.producer is not None
+            and v.producer.kind == "linear"
+            and v.producer.inputs[0].producer is not None
+            and v.producer.inputs[0].producer.kind == "slice"
+        )
 
 
 @register_pass
@@ -75,9 +97,14 @@ class LlamaFuseLmHead(Pass):
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
         if num_layers(ctx) is not None:
             return max(1 - count(g, "lm_head"), 0)
-        return sum(1 for v in g.outputs if v.producer is not None and v.producer.kind == "linear"
-                   and v.producer.inputs[0].producer is not None
-                   and v.producer.inputs[0].producer.kind == "rms_norm")
+        return sum(
+            1
+            for v in g.outputs
+            if v.producer is not None
+            and v.producer.kind == "linear"
+            and v.producer.inputs[0].producer is not None
+            and v.producer.inputs[0].producer.kind == "rms_norm"
+        )
 
 
 @register_pass

@@ -70,11 +70,18 @@ def _norm_post(o: Value, s1: Value, ops: list[Op]):
     if len(users) != 1:
         return None
     op = users[0]
-    if op.kind == "fused_rms_norm" and len(op.inputs) == 3 and op.inputs[0] is o and op.inputs[2] is s1:
+    if (
+        op.kind == "fused_rms_norm"
+        and len(op.inputs) == 3
+        and op.inputs[0] is o
+        and op.inputs[2] is s1
+    ):
         ops.append(op)
         return op.inputs[1], op.attrs["epsilon"], op.outputs[0], op.outputs[1]
     if op.kind == "add" and set(op.inputs) == {o, s1}:
-        norm = next((u for u in op.output.users if u.kind == "rms_norm" and u.inputs[0] is op.output), None)
+        norm = next(
+            (u for u in op.output.users if u.kind == "rms_norm" and u.inputs[0] is op.output), None
+        )
         if norm is None or len(norm.output.users) != 1:
             return None
         ops += [op, norm]
@@ -125,28 +132,64 @@ def match_layer(bma: Op) -> Layer | None:
     lin_gu = _only_user(n2, "linear")
     act = _only_user(lin_gu.output, "fused_bias_act") if lin_gu is not None else None
     lin_down = _only_user(act.output, "linear") if act is not None else None
-    if lin_down is None or len(act.inputs) != 1 or act.attrs["act_method"] != "swiglu" or eps2 != eps:
+    if (
+        lin_down is None
+        or len(act.inputs) != 1
+        or act.attrs["act_method"] != "swiglu"
+        or eps2 != eps
+    ):
         return None
     ops += [lin_gu, act, lin_down]
     lins = [lin_qkv, lin_o, lin_gu, lin_down]
-    if len({op.attrs["transpose_w"] for op in lins}) != 1 or any(len(op.inputs) != 2 for op in lins):
+    if len({op.attrs["transpose_w"] for op in lins}) != 1 or any(
+        len(op.inputs) != 2 for op in lins
+    ):
         return None
     inside = set(ops)
     if any(u not in inside for u in s1.users):
         return None
-    return Layer(x, residual, [w_in, lin_qkv.inputs[1], lin_o.inputs[1], w_post, lin_gu.inputs[1],
-                               lin_down.inputs[1]], eps, lin_qkv.attrs["transpose_w"], lin_down.output,
-                 s2, bma, ops)
+    return Layer(
+        x,
+        residual,
+        [w_in, lin_qkv.inputs[1], lin_o.inputs[1], w_post, lin_gu.inputs[1], lin_down.inputs[1]],
+        eps,
+        lin_qkv.attrs["transpose_w"],
+        lin_down.output,
+        s2,
+        bma,
+        ops,
+    )
 
 
-def fuse(g: Graph, layer: Layer, flag: int, x: Value, residual: Value, extra: list[Value],
-         results: list[Value], before: Op, ops: list[Op]) -> None:
+def fuse(
+    g: Graph,
+    layer: Layer,
+    flag: int,
+    x: Value,
+    residual: Value,
+    extra: list[Value],
+    results: list[Value],
+    before: Op,
+    ops: list[Op],
+) -> None:
     """Replace a matched layer by one fused_blha_layer placed before `before`."""
     bma = layer.anchor
     attrs = {k: bma.attrs[k] for k in ATTN_ATTRS}
-    operands = [x, residual, *layer.weights, bma.inputs[1], bma.inputs[2], *bma.inputs[3:11], *extra]
-    op = make_op(g, "fused_blha_layer", operands, dict(attrs, flag=flag, epsilon=layer.epsilon,
-                                                         transpose_w=layer.transpose_w))
+    operands = [
+        x,
+        residual,
+        *layer.weights,
+        bma.inputs[1],
+        bma.inputs[2],
+        *bma.inputs[3:11],
+        *extra,
+    ]
+    op = make_op(
+        g,
+        "fused_blha_layer",
+        operands,
+        dict(attrs, flag=flag, epsilon=layer.epsilon, transpose_w=layer.transpose_w),
+    )
     g.insert_before(before, [op])
     for old, new in zip(results, op.outputs):
         g.replace_all_uses(old, new)
@@ -159,8 +202,17 @@ def _begin(g: Graph, layer: Layer) -> bool:
         return False
     if any(u not in set(layer.ops) for u in layer.x.users):
         return False
-    fuse(g, layer, FLAG_BEGIN, emb.inputs[0], emb.inputs[1], [],
-         [layer.out, layer.residual_out, *layer.anchor.outputs[1:]], layer.ops[-1], layer.ops + [emb])
+    fuse(
+        g,
+        layer,
+        FLAG_BEGIN,
+        emb.inputs[0],
+        emb.inputs[1],
+        [],
+        [layer.out, layer.residual_out, *layer.anchor.outputs[1:]],
+        layer.ops[-1],
+        layer.ops + [emb],
+    )
     return True
 
 
@@ -181,16 +233,34 @@ def _end(g: Graph, layer: Layer) -> bool:
     _, cum, dec, enc, max_len = rebuild.inputs
     if cum is not bma.inputs[7] or dec is not bma.inputs[4] or enc is not bma.inputs[3]:
         return False
-    fuse(g, layer, FLAG_END, layer.x, layer.residual, [max_len],
-         [rebuild.output, *bma.outputs[1:]], rebuild, layer.ops + [add, rebuild])
+    fuse(
+        g,
+        layer,
+        FLAG_END,
+        layer.x,
+        layer.residual,
+        [max_len],
+        [rebuild.output, *bma.outputs[1:]],
+        rebuild,
+        layer.ops + [add, rebuild],
+    )
     return True
 
 
 def _middle(g: Graph, layer: Layer) -> bool:
     if layer.residual is None:
         return False
-    fuse(g, layer, FLAG_MIDDLE, layer.x, layer.residual, [],
-         [layer.out, layer.residual_out, *layer.anchor.outputs[1:]], layer.ops[-1], layer.ops)
+    fuse(
+        g,
+        layer,
+        FLAG_MIDDLE,
+        layer.x,
+        layer.residual,
+        [],
+        [layer.out, layer.residual_out, *layer.anchor.outputs[1:]],
+        layer.ops[-1],
+        layer.ops,
+    )
     return True
 
 
@@ -220,7 +290,7 @@ class LlamaFuseAttentionLayerBegin(_LayerPass):
 
 @register_pass
 class LlamaFuseAttentionLayerEnd(_LayerPass):
-    """The last decoder layer + final residual add + rebuild_padding → fused_blha_layer{flag=2}."""
+    """Last decoder layer + final residual add + rebuild_padding → fused_blha_layer{flag=2}."""
 
     name = "llama_fuse_attention_layer_end"
     variant = staticmethod(_end)
@@ -234,7 +304,7 @@ class LlamaFuseAttentionLayerEnd(_LayerPass):
 
 @register_pass
 class LlamaFuseAttentionLayer(_LayerPass):
-    """A whole middle decoder layer (norm, qkv, attention, o, norm, ffn) → fused_blha_layer{flag=0}."""
+    """A whole middle decoder layer (norms, qkv, attention, o, ffn) → fused_blha_layer{flag=0}."""
 
     name = "llama_fuse_attention_layer"
     variant = staticmethod(_middle)
@@ -244,4 +314,9 @@ class LlamaFuseAttentionLayer(_LayerPass):
         if n is not None:
             return max(n - 2, 0)
         fused = {op.attrs["flag"] for op in g.ops if op.kind == "fused_blha_layer"}
-        return max(count(g, "block_multihead_attention") - (FLAG_BEGIN not in fused) - (FLAG_END not in fused), 0)
+        return max(
+            count(g, "block_multihead_attention")
+            - (FLAG_BEGIN not in fused)
+            - (FLAG_END not in fused),
+            0,
+        )

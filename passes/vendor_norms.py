@@ -17,14 +17,18 @@ from .fuse_common import count, num_layers
 x, res = P.var("x"), P.var("res")
 
 
-@rule(P("fused_bias_residual_layernorm", x, res, name="op"),
-      check=lambda m: m["op"].attrs["residual_alpha"] == 1.0 and m["x"].type == m["res"].type)
+@rule(
+    P("fused_bias_residual_layernorm", x, res, name="op"),
+    check=lambda m: m["op"].attrs["residual_alpha"] == 1.0 and m["x"].type == m["res"].type,
+)
 def plain_residual_add(rw, x, res, op):
     s = rw.op("add", x, res)
     return s, s
 
 
-@rule(P("fused_rms_norm", x, P.var("w"), res, name="op"), check=lambda m: m["x"].type == m["res"].type)
+@rule(
+    P("fused_rms_norm", x, P.var("w"), res, name="op"), check=lambda m: m["x"].type == m["res"].type
+)
 def split_residual(rw, x, w, res, op):
     s = rw.op("add", x, res)
     return rw.op("rms_norm", s, w, epsilon=op.attrs["epsilon"]), s
@@ -35,9 +39,13 @@ def _max_len(rw, lens):
     return rw.op("maximum", m, rw.op("constant", value=[0.0], dtype=lens.type.dtype))
 
 
-@rule(P("blha_get_max_len", P.var("enc"), P.var("dec"), P.var("bsz")),
-      check=lambda m: m["enc"].type.shape[0] == m["dec"].type.shape[0] == m["bsz"].type.shape[0]
-      and m["enc"].type.dtype is m["dec"].type.dtype is DType.i32)
+@rule(
+    P("blha_get_max_len", P.var("enc"), P.var("dec"), P.var("bsz")),
+    check=lambda m: (
+        m["enc"].type.shape[0] == m["dec"].type.shape[0] == m["bsz"].type.shape[0]
+        and m["enc"].type.dtype is m["dec"].type.dtype is DType.i32
+    ),
+)
 def max_lens(rw, enc, dec, bsz):
     return _max_len(rw, enc), _max_len(rw, dec)
 

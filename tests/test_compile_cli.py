@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from llmc.passes.pipelines import ASCEND_VENDOR_PASSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,7 +13,12 @@ CONFIG_13B = ROOT / "benchmarks" / "configs" / "llama2-13b.json"
 
 
 def llmc(*args, ok=True):
-    r = subprocess.run([sys.executable, "-m", "llmc.cli", *map(str, args)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "llmc.cli", *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert (r.returncode == 0) == ok, r.stderr
     return r
 
@@ -28,7 +32,11 @@ def ckpt(tmp_path_factory):
 
 def test_llama2_13b_config_prints_the_vendor_log():
     err = llmc("compile", "--config", CONFIG_13B, "--target", "ascend910b").stderr
-    names = [ln.split("[")[1].split("]")[0] for ln in err.splitlines() if ln.startswith("--- Running IR pass")]
+    names = [
+        ln.split("[")[1].split("]")[0]
+        for ln in err.splitlines()
+        if ln.startswith("--- Running IR pass")
+    ]
     assert names[:9] == list(ASCEND_VENDOR_PASSES)
     assert "[llama_fuse_attention_layer]  matched 38 (expected 38)" in err
     assert "[llama_fuse_attention_layer_begin]  matched 1 (expected 1)" in err
@@ -41,9 +49,16 @@ def test_artifact_and_generation_agree_across_targets(ckpt, tmp_path):
     for target in ("ascend910b", "cuda", "mlu370"):
         out = tmp_path / target
         llmc("compile", ckpt, "-t", target, "-o", out)
-        assert sorted(p.name for p in out.iterdir()) == ["model.llmc", "pass_log.txt", "report.json", "weights.json"]
+        assert sorted(p.name for p in out.iterdir()) == [
+            "model.llmc",
+            "pass_log.txt",
+            "report.json",
+            "weights.json",
+        ]
         manifest = json.loads((out / "weights.json").read_text())
-        assert manifest["backed"] and all(t["file"] == "model.safetensors" for t in manifest["tensors"].values())
+        assert manifest["backed"] and all(
+            t["file"] == "model.safetensors" for t in manifest["tensors"].values()
+        )
         assert "--- Running IR pass" in (out / "pass_log.txt").read_text()
         assert json.loads((out / "report.json").read_text())["target"] == target
         r = llmc("generate", out, "--ids", "1,2,3,4", "-n", "5", "--json")
@@ -61,13 +76,27 @@ def test_recompiling_replaces_the_artifact_atomically(ckpt, tmp_path):
 
 def test_instruments_work_in_compile(ckpt, tmp_path):
     dump = tmp_path / "dump"
-    r = llmc("compile", ckpt, "-t", "ascend910b", "--dump-dir", dump, "--disable-pass", "llama_fuse_lm_head",
-             "--print-ir-after", "llama_fuse_attention_layer_end", "--verify-each", "--json")
+    r = llmc(
+        "compile",
+        ckpt,
+        "-t",
+        "ascend910b",
+        "--dump-dir",
+        dump,
+        "--disable-pass",
+        "llama_fuse_lm_head",
+        "--print-ir-after",
+        "llama_fuse_attention_layer_end",
+        "--verify-each",
+        "--json",
+    )
     report = json.loads(r.stdout)
     skipped = [p for p in report["passes"] if p["skipped"]]
     assert [p["name"] for p in skipped] == ["llama_fuse_lm_head"]
     assert "IR after [llama_fuse_attention_layer_end]" in r.stderr
-    assert (dump / "000_input.llmc").exists() and (dump / "004_llama_fuse_attention_layer_begin.llmc").exists()
+    assert (dump / "000_input.llmc").exists() and (
+        dump / "004_llama_fuse_attention_layer_begin.llmc"
+    ).exists()
 
 
 def test_user_errors_are_one_line(ckpt, tmp_path):

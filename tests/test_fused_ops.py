@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from llmc.compiler.ir import DType, TensorType
 from llmc.compiler.ops import get_op
 from llmc.compiler.ops.registry import OpError
@@ -65,8 +64,6 @@ def test_remove_padding_equals_the_padding_chain():
 
 def test_fused_layer_types_match_its_kernel_in_a_compiled_graph():
     """The reference interpreter checks every result against its declared (inferred) type."""
-    from llmc import api
-    from llmc.compile import build_graph, model_facts
     from llmc.compiler.passmanager import PassContext
     from llmc.frontends.config import parse_config
     from llmc.frontends.fixtures import random_weights, tiny_config
@@ -74,9 +71,14 @@ def test_fused_layer_types_match_its_kernel_in_a_compiled_graph():
     from llmc.passes.pipelines import pipeline_for
     from llmc.runtime.generate import Generator
 
+    from llmc import api
+    from llmc.compile import build_graph, model_facts
+
     cfg = parse_config(tiny_config("llama_gqa"))
     g = build_graph(cfg, naming_for("hf"), "inference")
-    api.run_pipeline(g, pipeline_for("ascend910b"), ctx=PassContext(model=model_facts(cfg, "inference")))
+    api.run_pipeline(
+        g, pipeline_for("ascend910b"), ctx=PassContext(model=model_facts(cfg, "inference"))
+    )
     assert sorted(op.attrs["flag"] for op in g.ops if op.kind == "fused_blha_layer") == [0, 1, 2]
     w = random_weights("llama_gqa")
     toks = Generator(g, {k: w[k] for k in g.params}).generate([[1, 2, 3], [4]], 3)
@@ -87,12 +89,28 @@ def test_fused_layer_rejects_a_bad_flag_and_missing_max_len():
     t = TensorType(DType.f32, ("tokens", 8))
     i32 = TensorType(DType.i32, ("batch",))
     cache = TensorType(DType.f32, ("n", 2, 4, 4))
-    ops = [t, t, TensorType(DType.f32, (8,)), TensorType(DType.f32, (24, 8)), TensorType(DType.f32, (8, 8)),
-           TensorType(DType.f32, (8,)), TensorType(DType.f32, (32, 8)), TensorType(DType.f32, (8, 16)),
-           cache, cache, i32, i32, i32, TensorType(DType.i32, ("tokens",)), i32, i32, i32,
-           TensorType(DType.i32, ("batch", 4))]
+    ops = [
+        t,
+        t,
+        TensorType(DType.f32, (8,)),
+        TensorType(DType.f32, (24, 8)),
+        TensorType(DType.f32, (8, 8)),
+        TensorType(DType.f32, (8,)),
+        TensorType(DType.f32, (32, 8)),
+        TensorType(DType.f32, (8, 16)),
+        cache,
+        cache,
+        i32,
+        i32,
+        i32,
+        TensorType(DType.i32, ("tokens",)),
+        i32,
+        i32,
+        i32,
+        TensorType(DType.i32, ("batch", 4)),
+    ]
     op = get_op("fused_blha_layer")
-    attrs = dict(num_heads=2, kv_heads=2, head_dim=4, block_size=4, max_seq_len=16)
+    attrs = {"num_heads": 2, "kv_heads": 2, "head_dim": 4, "block_size": 4, "max_seq_len": 16}
     assert len(op.infer_types(ops, op.normalize_attrs(dict(attrs, flag=0)))) == 4
     with pytest.raises(OpError, match="flag must be"):
         op.infer_types(ops, op.normalize_attrs(dict(attrs, flag=5)))

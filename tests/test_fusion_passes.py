@@ -3,26 +3,31 @@ match counts equal the model's prediction and outputs are unchanged."""
 
 import numpy as np
 import pytest
-
 from golden import check_pass_numerics
-from llmc import api
-from llmc.compiler.text import print_graph
 from llmc.compiler.passmanager import PassContext
+from llmc.compiler.text import print_graph
 from llmc.frontends.config import parse_config
 from llmc.frontends.fixtures import tiny_config
 from llmc.frontends.llama import build_full
 from llmc.frontends.naming import naming_for
 
+from llmc import api
+
 ARCHES = ["llama", "llama_gqa", "llama_rope_scaling", "baichuan2_7b", "baichuan2_13b"]
 B, S = 2, 5
 POS = {"position_ids": np.tile(np.arange(3, 3 + S, dtype=np.int64), (B, 1))}
-ANCHOR = {"fuse_rms_norm": "rsqrt", "fuse_rope": "neg", "fuse_attention": "softmax",
-          "fuse_swiglu": "silu"}
+ANCHOR = {
+    "fuse_rms_norm": "rsqrt",
+    "fuse_rope": "neg",
+    "fuse_attention": "softmax",
+    "fuse_swiglu": "silu",
+}
 
 
 def model_ctx(cfg) -> PassContext:
-    return PassContext(model={"num_layers": cfg.num_layers, "position": cfg.position,
-                              "qkv_packed": cfg.qkv_packed})
+    return PassContext(
+        model={"num_layers": cfg.num_layers, "position": cfg.position, "qkv_packed": cfg.qkv_packed}
+    )
 
 
 def full_graph(arch):
@@ -31,14 +36,34 @@ def full_graph(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-@pytest.mark.parametrize("pipeline", ["fuse_rms_norm", "fuse_rms_norm{residual=false}", "fuse_rope",
-                                      "fuse_attention", "fuse_swiglu", "fuse_swiglu,fuse_gate_up",
-                                      "fuse_qkv"])
+@pytest.mark.parametrize(
+    "pipeline",
+    [
+        "fuse_rms_norm",
+        "fuse_rms_norm{residual=false}",
+        "fuse_rope",
+        "fuse_attention",
+        "fuse_swiglu",
+        "fuse_swiglu,fuse_gate_up",
+        "fuse_qkv",
+    ],
+)
 def test_fusion_preserves_logits(arch, pipeline):
     cfg, g = full_graph(arch)
-    after = check_pass_numerics(g, pipeline, {"batch": B, "seq": S}, seeds=(0,), rtol=1e-4, atol=1e-4,
-                                int_high={"input_ids": cfg.vocab_size}, inputs=POS, ctx=model_ctx(cfg))
-    idle = (pipeline == "fuse_rope" and cfg.position == "alibi") or (pipeline == "fuse_qkv" and cfg.qkv_packed)
+    after = check_pass_numerics(
+        g,
+        pipeline,
+        {"batch": B, "seq": S},
+        seeds=(0,),
+        rtol=1e-4,
+        atol=1e-4,
+        int_high={"input_ids": cfg.vocab_size},
+        inputs=POS,
+        ctx=model_ctx(cfg),
+    )
+    idle = (pipeline == "fuse_rope" and cfg.position == "alibi") or (
+        pipeline == "fuse_qkv" and cfg.qkv_packed
+    )
     assert (print_graph(after) == print_graph(g)) == idle
 
 
@@ -46,9 +71,14 @@ def test_fusion_preserves_logits(arch, pipeline):
 def test_match_counts_follow_the_model(arch):
     cfg, g = full_graph(arch)
     L = cfg.num_layers
-    want = {"fuse_rms_norm": 2 * L + 1, "fuse_rope": 0 if cfg.position == "alibi" else 2 * L,
-            "fuse_attention": L, "fuse_swiglu": L, "fuse_gate_up": L,
-            "fuse_qkv": 0 if cfg.qkv_packed else L}
+    want = {
+        "fuse_rms_norm": 2 * L + 1,
+        "fuse_rope": 0 if cfg.position == "alibi" else 2 * L,
+        "fuse_attention": L,
+        "fuse_swiglu": L,
+        "fuse_gate_up": L,
+        "fuse_qkv": 0 if cfg.qkv_packed else L,
+    }
     recs = api.run_pipeline(g, ",".join(want), ctx=model_ctx(cfg))
     assert {r.name: r.matched for r in recs} == want
     assert not any(r.mismatch for r in recs)
@@ -76,15 +106,17 @@ def test_rope_recovers_theta_and_scaling():
     cfg, g = full_graph("llama_rope_scaling")
     api.run_pipeline(g, "fuse_rope")
     ropes = [op for op in g.ops if op.kind == "rope"]
-    assert {(op.attrs["theta"], op.attrs["scaling_factor"]) for op in ropes} == {(cfg.rope_theta, 2.0)}
+    assert {(op.attrs["theta"], op.attrs["scaling_factor"]) for op in ropes} == {
+        (cfg.rope_theta, 2.0)
+    }
     cfg, g = full_graph("llama_gqa")
     api.run_pipeline(g, "fuse_rope")
     assert {op.attrs["theta"] for op in g.ops if op.kind == "rope"} == {500000.0}
 
 
 def test_rope_refuses_a_perturbed_inv_freq():
-    from llmc.passes.fuse_rope import theta_of
     from llmc.frontends.decoder import inv_freq
+    from llmc.passes.fuse_rope import theta_of
 
     good = inv_freq(16, 10000.0).astype(np.float64)
     assert theta_of(good) == 10000.0
@@ -94,11 +126,17 @@ def test_rope_refuses_a_perturbed_inv_freq():
 
 
 # ---- the vendor passes on the inference form, each alone -----------------------------
-VENDOR_ALONE = ["remove_residual_in_fused_bias_residual_layernorm", "remove_residual_in_rms_norm",
-                "remove_blha_get_max_len", "llama_fuse_attention_layer_begin",
-                "llama_fuse_attention_layer_end", "llama_fuse_lm_head", "llama_fuse_get_padding_offset",
-                # the middle-layer fusion needs its neighbours fused first (else it takes the last layer)
-                "llama_fuse_attention_layer_begin,llama_fuse_attention_layer_end,llama_fuse_attention_layer"]
+VENDOR_ALONE = [
+    "remove_residual_in_fused_bias_residual_layernorm",
+    "remove_residual_in_rms_norm",
+    "remove_blha_get_max_len",
+    "llama_fuse_attention_layer_begin",
+    "llama_fuse_attention_layer_end",
+    "llama_fuse_lm_head",
+    "llama_fuse_get_padding_offset",
+    # the middle-layer fusion needs its neighbours fused first (else it takes the last layer)
+    "llama_fuse_attention_layer_begin,llama_fuse_attention_layer_end,llama_fuse_attention_layer",
+]
 
 
 @pytest.mark.parametrize("arch", ["llama_gqa", "baichuan2_13b"])
@@ -132,7 +170,15 @@ def test_lm_head_slice_on_a_generation_graph():
 
     cfg = parse_config(tiny_config("llama"))
     g = build_graph(cfg, naming_for("hf"), "full")
-    after = check_pass_numerics(g, "fuse_rms_norm,fuse_lm_head_slice", {"batch": B, "seq": S}, seeds=(0,),
-                                rtol=1e-4, atol=1e-4, int_high={"input_ids": 256}, inputs=POS)
+    after = check_pass_numerics(
+        g,
+        "fuse_rms_norm,fuse_lm_head_slice",
+        {"batch": B, "seq": S},
+        seeds=(0,),
+        rtol=1e-4,
+        atol=1e-4,
+        int_high={"input_ids": 256},
+        inputs=POS,
+    )
     lm = [op for op in after.ops if op.kind == "linear" and op.output in after.outputs]
     assert lm and lm[0].output.type.shape[1] == 1

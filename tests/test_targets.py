@@ -3,9 +3,6 @@
 
 import numpy as np
 import pytest
-
-from llmc import api
-from llmc.compile import build_graph, model_facts
 from llmc.compiler.errors import LlmcError
 from llmc.compiler.passmanager import PassContext
 from llmc.compiler.text import parse, print_graph
@@ -17,6 +14,9 @@ from llmc.passes.pipelines import ASCEND_VENDOR_PASSES, TARGETS, get_target, pip
 from llmc.runtime.generate import Generator
 from llmc.runtime.reference import run
 
+from llmc import api
+from llmc.compile import build_graph, model_facts
+
 ARCHES = ["llama", "llama_gqa", "llama_rope_scaling", "baichuan2_7b", "baichuan2_13b"]
 PROMPTS = [[1, 17, 42, 9, 200], [3, 4]]
 
@@ -26,7 +26,9 @@ def compiled(arch: str, target: str):
     form = get_target(target).form
     before = build_graph(cfg, naming_for(cfg.source_format), form)
     after = parse(print_graph(before))
-    recs = api.run_pipeline(after, pipeline_for(target), ctx=PassContext(model=model_facts(cfg, form)))
+    recs = api.run_pipeline(
+        after, pipeline_for(target), ctx=PassContext(model=model_facts(cfg, form))
+    )
     return cfg, before, after, recs
 
 
@@ -48,7 +50,7 @@ def full_greedy(g, w, prompt, n):
 @pytest.mark.parametrize("arch", ARCHES)
 @pytest.mark.parametrize("target", list(TARGETS))
 def test_compiled_equals_uncompiled(arch, target):
-    cfg, before, after, recs = compiled(arch, target)
+    _, before, after, recs = compiled(arch, target)
     assert not [r.name for r in recs if r.mismatch]
     assert len(after) < len(before)
     w = hf_weights(arch, before)
@@ -70,7 +72,6 @@ def test_compiled_equals_uncompiled(arch, target):
 
 @pytest.mark.parametrize("arch", ["llama", "baichuan2_13b"])
 def test_every_target_generates_the_same_tokens(arch):
-    cfg = parse_config(tiny_config(arch))
     outs = {}
     for target in TARGETS:
         _, before, after, _ = compiled(arch, target)

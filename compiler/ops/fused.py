@@ -30,8 +30,13 @@ def _add_rms_norm_infer(x: TensorType, residual: TensorType, w: TensorType, epsi
     return _t("rms_norm", s, w, epsilon=epsilon)[0], s
 
 
-@defop("add_rms_norm", ("x", "residual", "w"), outputs=("out", "sum"),
-       attrs={"epsilon": AttrSpec("float", 1e-6)}, infer=_add_rms_norm_infer)
+@defop(
+    "add_rms_norm",
+    ("x", "residual", "w"),
+    outputs=("out", "sum"),
+    attrs={"epsilon": AttrSpec("float", 1e-6)},
+    infer=_add_rms_norm_infer,
+)
 def add_rms_norm(x, residual, w, epsilon):
     """(rms_norm(x + residual, w), x + residual): the residual add fused into the norm."""
     s = _k("add", x, residual)[0]
@@ -44,9 +49,12 @@ def _lm_head_infer(x: TensorType, norm_w: TensorType, w: TensorType, epsilon, tr
     return _t("linear", n, w, transpose_w=transpose_w)[0]
 
 
-@defop("lm_head", ("x", "norm_w", "w"),
-       attrs={"epsilon": AttrSpec("float", 1e-6), "transpose_w": AttrSpec("bool", True)},
-       infer=_lm_head_infer)
+@defop(
+    "lm_head",
+    ("x", "norm_w", "w"),
+    attrs={"epsilon": AttrSpec("float", 1e-6), "transpose_w": AttrSpec("bool", True)},
+    infer=_lm_head_infer,
+)
 def lm_head(x, norm_w, w, epsilon, transpose_w):
     """linear(rms_norm(x, norm_w), w): the final norm and the vocabulary projection."""
     n = _k("rms_norm", x, norm_w, epsilon=epsilon)[0]
@@ -68,9 +76,12 @@ def _remove_padding_infer(ids: TensorType, seq_lens: TensorType):
     return _padding_chain_types(ids, seq_lens)
 
 
-@defop("remove_padding", ("input_ids", "seq_lens_this_time"),
-       outputs=("ids_remove_padding", "cum_offsets", "padding_offset", "cu_seqlens_q", "cu_seqlens_k"),
-       infer=_remove_padding_infer)
+@defop(
+    "remove_padding",
+    ("input_ids", "seq_lens_this_time"),
+    outputs=("ids_remove_padding", "cum_offsets", "padding_offset", "cu_seqlens_q", "cu_seqlens_k"),
+    infer=_remove_padding_infer,
+)
 def remove_padding(ids, seq_lens):
     """get_padding_offset with its operands (cumulative padding, token count) computed inside."""
     max_len = _k("dim_size", ids, axis=1)[0]
@@ -81,28 +92,79 @@ def remove_padding(ids, seq_lens):
 
 
 # ---- the fused decoder layer (Ascend ATB style) -----------------------------------
-LAYER_INPUTS = ("x", "residual", "norm_w", "qkv_w", "out_w", "post_norm_w", "gate_up_w", "down_w",
-                "cache_k", "cache_v", "seq_lens_encoder", "seq_lens_decoder", "seq_lens_this_time",
-                "padding_offset", "cum_offsets", "cu_seqlens_q", "cu_seqlens_k", "block_tables",
-                "max_len?")
-ATTN_ATTRS = ("num_heads", "kv_heads", "head_dim", "block_size", "max_seq_len", "rope_theta",
-              "rope_scaling_factor", "use_neox_style", "use_alibi")
+LAYER_INPUTS = (
+    "x",
+    "residual",
+    "norm_w",
+    "qkv_w",
+    "out_w",
+    "post_norm_w",
+    "gate_up_w",
+    "down_w",
+    "cache_k",
+    "cache_v",
+    "seq_lens_encoder",
+    "seq_lens_decoder",
+    "seq_lens_this_time",
+    "padding_offset",
+    "cum_offsets",
+    "cu_seqlens_q",
+    "cu_seqlens_k",
+    "block_tables",
+    "max_len?",
+)
+ATTN_ATTRS = (
+    "num_heads",
+    "kv_heads",
+    "head_dim",
+    "block_size",
+    "max_seq_len",
+    "rope_theta",
+    "rope_scaling_factor",
+    "use_neox_style",
+    "use_alibi",
+)
 LAYER_ATTRS = {
-    "flag": AttrSpec("int", 0), "epsilon": AttrSpec("float", 1e-6),
+    "flag": AttrSpec("int", 0),
+    "epsilon": AttrSpec("float", 1e-6),
     "transpose_w": AttrSpec("bool", True),
-    "num_heads": AttrSpec("int"), "kv_heads": AttrSpec("int"), "head_dim": AttrSpec("int"),
-    "block_size": AttrSpec("int"), "max_seq_len": AttrSpec("int"),
-    "rope_theta": AttrSpec("float", 10000.0), "rope_scaling_factor": AttrSpec("float", 1.0),
-    "use_neox_style": AttrSpec("bool", True), "use_alibi": AttrSpec("bool", False),
+    "num_heads": AttrSpec("int"),
+    "kv_heads": AttrSpec("int"),
+    "head_dim": AttrSpec("int"),
+    "block_size": AttrSpec("int"),
+    "max_seq_len": AttrSpec("int"),
+    "rope_theta": AttrSpec("float", 10000.0),
+    "rope_scaling_factor": AttrSpec("float", 1.0),
+    "use_neox_style": AttrSpec("bool", True),
+    "use_alibi": AttrSpec("bool", False),
 }
 FLAG_BEGIN, FLAG_MIDDLE, FLAG_END = 1, 0, 2
 
 
-def _layer(ops, x, residual, norm_w, qkv_w, out_w, post_w, gate_up_w, down_w, cache_k, cache_v,
-           batch, max_len, flag, epsilon, transpose_w, **attn):
+def _layer(
+    ops,
+    x,
+    residual,
+    norm_w,
+    qkv_w,
+    out_w,
+    post_w,
+    gate_up_w,
+    down_w,
+    cache_k,
+    cache_v,
+    batch,
+    max_len,
+    flag,
+    epsilon,
+    transpose_w,
+    **attn,
+):
     """The layer written once over an op-runner (`_k` for arrays, `_t` for types)."""
     if flag not in (FLAG_BEGIN, FLAG_MIDDLE, FLAG_END):
-        raise OpError(f"op 'fused_blha_layer': flag must be 1 (begin), 0 (middle) or 2 (end), got {flag}")
+        raise OpError(
+            f"op 'fused_blha_layer': flag must be 1 (begin), 0 (middle) or 2 (end), got {flag}"
+        )
     if flag == FLAG_BEGIN:
         x, residual = ops("embedding", x, residual)[0], None
     res = () if residual is None else (residual,)
@@ -110,7 +172,9 @@ def _layer(ops, x, residual, norm_w, qkv_w, out_w, post_w, gate_up_w, down_w, ca
     qkv = ops("linear", n1, qkv_w, transpose_w=transpose_w)[0]
     enc, dec, this_time = batch[0], batch[1], batch[2]
     max_enc, max_dec = ops("blha_get_max_len", enc, dec, this_time)
-    a, ck, cv = ops("block_multihead_attention", qkv, cache_k, cache_v, *batch, max_enc, max_dec, **attn)
+    a, ck, cv = ops(
+        "block_multihead_attention", qkv, cache_k, cache_v, *batch, max_enc, max_dec, **attn
+    )
     o = ops("linear", a, out_w, transpose_w=transpose_w)[0]
     n2, s2 = ops("fused_rms_norm", o, post_w, s1, epsilon=epsilon)
     gu = ops("linear", n2, gate_up_w, transpose_w=transpose_w)[0]
