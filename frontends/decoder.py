@@ -85,10 +85,14 @@ def apply_rope(b: Builder, x: Value, cos: Value, sin: Value, head_dim: int) -> V
     return b.add(b.mul(x, cos), b.mul(rot, sin))
 
 
-def causal_mask(b: Builder, cfg: ModelConfig, position_ids: Value) -> Value:
-    """Additive mask [batch, 1 or heads, seq, seq]: -inf where a key comes after the query."""
-    later = b.less(b.unsqueeze(position_ids, axes=[2]), b.unsqueeze(position_ids, axes=[1]))
-    mask = b.unsqueeze(b.where(later, const(b, -math.inf), const(b, 0.0)), axes=[1])
+def causal_mask(b: Builder, cfg: ModelConfig, position_ids: Value, input_ids: Value) -> Value:
+    """Additive mask [1 or batch, 1 or heads, seq, seq]: -inf where a key comes after the query.
+
+    As HF, causality is by sequence index (`cache_position`, 0..seq-1 from the input_ids
+    shape), not by position id; ALiBi's bias still reads the position ids."""
+    idx = b.seq_index(input_ids, axis=1)
+    later = b.less(b.unsqueeze(idx, axes=[1]), b.unsqueeze(idx, axes=[0]))
+    mask = b.unsqueeze(b.where(later, const(b, -math.inf), const(b, 0.0)), axes=[0, 1])
     if cfg.position == "alibi":
         mask = b.add(mask, b.alibi_bias(position_ids, num_heads=cfg.num_heads))
     return mask

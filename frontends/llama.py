@@ -162,7 +162,7 @@ def build_full(cfg: ModelConfig, naming: Naming, *, decomposed: bool = True) -> 
     pos = b.input("position_ids", DType.i64, ("batch", "seq"))
     x = b.embedding(ids, f.embed())
     rope = dec.rope_tables(b, cfg, pos) if decomposed and cfg.position == "rope" else None
-    ins = dec.FullInputs(pos, dec.causal_mask(b, cfg, pos), rope)
+    ins = dec.FullInputs(pos, dec.causal_mask(b, cfg, pos, ids), rope)
     for i in range(cfg.num_layers):
         x = dec.decoder_layer(f, x, i, ins)
     x = dec.norm(f, x, naming.final_norm())

@@ -2,10 +2,11 @@
 
 Matched chain: transpose q/k/v → (GQA: unsqueeze, concat n_rep copies, reshape) →
 matmul(q, k^T) → mul by a constant scale → add mask → softmax → matmul v → transpose.
-The mask must be the causal position mask `where(less(pos[:, :, None], pos[:, None, :]),
--inf, 0)`, optionally plus an additive bias (ALiBi), which becomes the op's bias.
-Precondition (true of every forward the frontends build): position ids increase
-along each row, so the position mask equals the index-causal mask.
+The mask must be HF's index-causal mask `where(less(i[:, None], i[None, :]), -inf, 0)`
+broadcast to [1, 1, n, n], where `i = seq_index(x){axis}` is 0..n-1 and n is provably the
+sequence dim of both q and k (the same int, or the same named symbol); optionally plus an
+additive bias (ALiBi), which becomes the op's bias. A mask built from position ids is not
+matched: it equals the causal mask only when the ids increase along each row.
 """
 
 from __future__ import annotations
@@ -72,10 +73,16 @@ def unrepeat(v: Value) -> Value | None:
     return op.inputs[0]
 
 
-def is_causal_mask(v: Value) -> bool:
-    """unsqueeze(where(less(unsqueeze(p, [2]), unsqueeze(p, [1])), -inf, 0), [1])."""
+def known_equal(a, b) -> bool:
+    """Two dims provably equal: the same int or the same named symbol (not "?")."""
+    return a == b and a != "?"
+
+
+def is_causal_mask(v: Value, n) -> bool:
+    """unsqueeze(where(less(unsqueeze(i, [1]), unsqueeze(i, [0])), -inf, 0), [0, 1])
+    with i = seq_index(x) of length n."""
     un = v.producer
-    if un is None or un.kind != "unsqueeze" or un.attrs["axes"] != (1,):
+    if un is None or un.kind != "unsqueeze" or un.attrs["axes"] != (0, 1):
         return False
     wh = un.inputs[0].producer
     if wh is None or wh.kind != "where":
@@ -89,25 +96,32 @@ def is_causal_mask(v: Value) -> bool:
     ):
         return False
     a, b = (x.producer for x in lt.inputs)
-    return (
+    if not (
         a is not None
         and b is not None
         and a.kind == b.kind == "unsqueeze"
         and a.inputs[0] is b.inputs[0]
-        and a.attrs["axes"] == (2,)
-        and b.attrs["axes"] == (1,)
-        and a.inputs[0].type.rank == 2
+        and a.attrs["axes"] == (1,)
+        and b.attrs["axes"] == (0,)
+    ):
+        return False
+    idx = a.inputs[0].producer
+    return (
+        idx is not None
+        and idx.kind == "seq_index"
+        and idx.output.type.rank == 1
+        and known_equal(idx.output.type.shape[0], n)
     )
 
 
-def split_mask(mask: Value) -> tuple[bool, Value | None]:
-    """(is causal, additive bias or None) for the scores' mask operand."""
-    if is_causal_mask(mask):
+def split_mask(mask: Value, n) -> tuple[bool, Value | None]:
+    """(is causal over a length-n sequence, additive bias or None) for the scores' mask."""
+    if is_causal_mask(mask, n):
         return True, None
     op = mask.producer
     if op is not None and op.kind == "add":
         for m, bias in (op.inputs, op.inputs[::-1]):
-            if is_causal_mask(m):
+            if is_causal_mask(m, n):
                 return True, bias
     return False, None
 
@@ -120,8 +134,11 @@ def split_mask(mask: Value) -> tuple[bool, Value | None]:
 )
 def attention(rw, q, kr, scale, mask, sm, vr):
     k, v = unrepeat(kr), unrepeat(vr)
-    causal, bias = split_mask(mask)
-    if k is None or v is None or not causal or q.type.rank != 4 or k.type.rank != 4:
+    if k is None or v is None or q.type.rank != 4 or k.type.rank != 4:
+        return None
+    n = q.type.shape[1]
+    causal, bias = split_mask(mask, n)
+    if not causal or not known_equal(k.type.shape[1], n):
         return None
     hq, hk = q.type.shape[2], k.type.shape[2]
     if not (isinstance(hq, int) and isinstance(hk, int) and hq % hk == 0) or v.type.shape[2] != hk:

@@ -15,7 +15,6 @@ from llmc import api
 
 ARCHES = ["llama", "llama_gqa", "llama_rope_scaling", "baichuan2_7b", "baichuan2_13b"]
 B, S = 2, 5
-POS = {"position_ids": np.tile(np.arange(3, 3 + S, dtype=np.int64), (B, 1))}
 ANCHOR = {
     "fuse_rms_norm": "rsqrt",
     "fuse_rope": "neg",
@@ -58,13 +57,36 @@ def test_fusion_preserves_logits(arch, pipeline):
         rtol=1e-4,
         atol=1e-4,
         int_high={"input_ids": cfg.vocab_size},
-        inputs=POS,
         ctx=model_ctx(cfg),
     )
     idle = (pipeline == "fuse_rope" and cfg.position == "alibi") or (
         pipeline == "fuse_qkv" and cfg.qkv_packed
     )
     assert (print_graph(after) == print_graph(g)) == idle
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_attention_fusion_holds_for_any_position_ids(arch):
+    """The causal mask is by sequence index, so fusing it into attention{causal=true} is
+    exact even for position ids that go down along a row (rope / ALiBi read them)."""
+    cfg, g = full_graph(arch)
+    rng = np.random.default_rng(7)
+    pos = np.stack([rng.permutation(np.arange(10, 10 + S)) for _ in range(B)])[:, ::-1].copy()
+    assert (np.diff(pos, axis=1) < 0).any(axis=1).all()
+    after = check_pass_numerics(
+        g,
+        "fuse_attention",
+        {"batch": B, "seq": S},
+        seeds=(0, 1),
+        rtol=1e-4,
+        atol=1e-4,
+        int_high={"input_ids": cfg.vocab_size},
+        inputs={"position_ids": pos.astype(np.int64)},
+        ctx=model_ctx(cfg),
+    )
+    attn = [op for op in after.ops if op.kind == "attention"]
+    assert len(attn) == cfg.num_layers and all(op.attrs["causal"] for op in attn)
+    assert not [op for op in after.ops if op.kind == "softmax"]
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -178,7 +200,6 @@ def test_lm_head_slice_on_a_generation_graph():
         rtol=1e-4,
         atol=1e-4,
         int_high={"input_ids": 256},
-        inputs=POS,
     )
     lm = [op for op in after.ops if op.kind == "linear" and op.output in after.outputs]
     assert lm and lm[0].output.type.shape[1] == 1

@@ -65,6 +65,7 @@ SAMPLES = {
     "constant": [([], {"value": (1.0, 2.0), "shape": (2,)}), ([], {"value": (0.5,), "shape": (2, 2)})],
     "arange": [([], {"end": 5})],
     "dim_size": [([T(F, 3, 7)], {"axis": 1})],
+    "seq_index": [([T("i64", 2, 6)], {"axis": 1}), ([T(F, 3, 4, 5)], {"axis": -3})],
     "unsqueeze": [([T(F, 3, 4)], {"axes": (0, 3)})],
     "rope": [([T(F, 2, 5, 3, 8), T("i64", 2, 5)], {}),
              ([T(F, 1, 4, 2, 6), T("i64", 4)], {"style": "interleaved", "scaling_factor": 2.0})],

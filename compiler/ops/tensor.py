@@ -212,6 +212,18 @@ def dim_size(x, axis):
     return np.asarray(x.shape[axis], dtype=np.int64)
 
 
+def _seq_index_infer(x: TensorType, axis):
+    ax = norm_axis(axis, x.rank, "seq_index")
+    return TensorType(DType.i64, (x.shape[ax],))
+
+
+@defop("seq_index", ("x",), attrs={"axis": AttrSpec("int")}, infer=_seq_index_infer)
+def seq_index(x, axis):
+    """0, 1, ..., n-1 (i64[n]) where n = x.shape[axis]; the sequence index HF's causal mask
+    is built from (`cache_position`). Reads only the shape of `x`, and keeps its dim symbol."""
+    return np.arange(x.shape[axis], dtype=np.int64)
+
+
 def _unsqueeze_infer(x: TensorType, axes):
     shape = list(x.shape)
     for a in sorted(norm_axis(a, x.rank + len(axes), "unsqueeze") for a in axes):
