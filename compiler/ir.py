@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import enum
 import itertools
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Union
 
 import numpy as np
 
 Dim = Union[int, str]
+
+VALUE_NAME = re.compile(r"[A-Za-z0-9_.]+")  # after '%' in the text format
+PARAM_NAME = re.compile(r"[A-Za-z0-9_./\-]+")  # after '@'
+
+
+def check_name(name: str, kind: str) -> None:
+    """Names must be spellable in the text format (see compiler/llmc.lark)."""
+    pattern = PARAM_NAME if kind == "parameter" else VALUE_NAME
+    if not pattern.fullmatch(name):
+        raise ValueError(f"{kind} name {name!r} has characters the IR text format cannot spell "
+                         f"(allowed: {pattern.pattern})")
 
 
 class DType(enum.Enum):
@@ -251,6 +263,8 @@ class Graph:
     # ---- construction -------------------------------------------------
     def fresh_name(self, hint: str | None = None) -> str:
         """A value name not yet used in this graph."""
+        if hint and not VALUE_NAME.fullmatch(hint):
+            hint = re.sub(r"[^A-Za-z0-9_.]", "_", hint)
         if hint and hint not in self._names:
             self._names.add(hint)
             return hint
@@ -261,6 +275,7 @@ class Graph:
                 return name
 
     def claim_name(self, name: str) -> None:
+        check_name(name, "value")
         if name in self._names:
             raise ValueError(f"value name '%{name}' is already defined")
         self._names.add(name)
@@ -272,6 +287,7 @@ class Graph:
         return v
 
     def add_param(self, name: str, type: TensorType) -> Value:
+        check_name(name, "parameter")
         if name in self.params:
             raise ValueError(f"parameter '@{name}' is already defined")
         v = Value(name, type, is_param=True)
@@ -283,18 +299,27 @@ class Graph:
         self._next_seq += 1.0
         return self._attach(op, self._next_seq)
 
-    def insert_before(self, anchor: Op, ops: list[Op]) -> list[Op]:
+    def insert_before(self, anchor: Op, ops: list[Op], _respaced: bool = False) -> list[Op]:
         """Insert `ops` (in order) before `anchor`, each after its own operands."""
         prev = -float("inf")
         for op in ops:
-            lo = max([prev] + [v.producer.seq for v in op.inputs
-                               if v.producer is not None and v.producer.graph is self])
+            if op.graph is not None:
+                continue
+            producers = [v.producer for v in op.inputs
+                         if v.producer is not None and v.producer.graph is self]
+            late = [p for p in producers if p.seq >= anchor.seq]
+            if late:
+                raise ValueError(f"cannot insert '{op.kind}' before '{anchor.kind}': its operand "
+                                 f"{late[0].outputs[0].ref} is defined after the insertion point")
+            lo = max([prev] + [p.seq for p in producers])
             if lo == -float("inf"):
                 lo = anchor.seq - 1.0
             seq = (lo + anchor.seq) / 2
-            if not lo < seq < anchor.seq:  # float keys exhausted: respace and retry
+            if not lo < seq < anchor.seq:  # float keys exhausted: respace once and retry
+                if _respaced:
+                    raise RuntimeError("op position keys exhausted after respacing")
                 self.renumber()
-                return self.insert_before(anchor, [o for o in ops if o.graph is None])
+                return self.insert_before(anchor, ops, _respaced=True)
             self._attach(op, seq)
             prev = seq
         self._dirty = True

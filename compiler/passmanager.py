@@ -192,7 +192,10 @@ class PassManager:
         ctx = ctx or PassContext()
         records: list[PassRecord] = []
         if self.inst.dump_dir:
-            Path(self.inst.dump_dir).mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self.inst.dump_dir).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise LlmcError(f"--dump-dir {self.inst.dump_dir}: cannot create: {e.strerror}") from None
             self._dump(0, "input", g)
         for i, p in enumerate(self.passes, 1):
             n_before = len(g)
@@ -232,11 +235,22 @@ class PassManager:
 def write_atomic(path: str | Path, text: str | bytes) -> None:
     """Write a file so that readers see the old content or the whole new one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise LlmcError(f"{path}: is a directory, expected a file path")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise LlmcError(f"{path}: cannot write: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode() if isinstance(text, str) else text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise LlmcError(f"{path}: cannot write: {e.strerror}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -243,6 +243,8 @@ class _Builder:
             inferred = opdef.infer_types([v.type for v in ins], attrs)
         except OpError as e:
             raise self.err(str(e), optok) from None
+        except (ValueError, OverflowError, ZeroDivisionError) as e:
+            raise self.err(f"op '{optok}': invalid operands or attributes ({e})", optok) from None
         if len(results) != len(types):
             raise self.err(f"{len(results)} results but {len(types)} types", results[0])
         if len(inferred) != len(results):
@@ -268,11 +270,14 @@ class _Builder:
     def attrval(self, node):
         kind = node.data
         if kind == "int":
-            return int(node.children[0])
+            return self.int64(node.children[0])
         if kind == "float":
             return float(node.children[0])
         if kind == "string":
-            return json.loads(node.children[0])
+            try:
+                return json.loads(node.children[0])
+            except json.JSONDecodeError as e:
+                raise self.err(f"bad string escape ({e.msg})", node.children[0]) from None
         if kind == "true":
             return True
         if kind == "false":
@@ -281,6 +286,12 @@ class _Builder:
             return DType(str(node.children[0]))
         return tuple(self.attrval(c) for c in node.children if c is not None)
 
+    def int64(self, tok) -> int:
+        v = int(tok)
+        if not -(2**63) <= v < 2**63:
+            raise self.err(f"integer {tok} does not fit in 64 bits", tok)
+        return v
+
     def type(self, node) -> TensorType:
         dt, *dims = node.children
         shape = []
@@ -288,7 +299,7 @@ class _Builder:
             if d is None:
                 continue
             if d.data == "static_dim":
-                shape.append(int(d.children[0]))
+                shape.append(self.int64(d.children[0]))
             elif d.data == "sym_dim":
                 shape.append(str(d.children[0]))
             else:

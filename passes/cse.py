@@ -6,10 +6,19 @@ from llmc.compiler.ir import Graph, Op
 from llmc.compiler.passmanager import Pass, PassContext, register_pass
 
 
+def _exact(v):
+    """A hashable form that tells -0.0 from 0.0 and matches NaN with itself."""
+    if isinstance(v, float):
+        return ("f", v.hex())
+    if isinstance(v, tuple):
+        return tuple(_exact(x) for x in v)
+    return v
+
+
 def op_key(op: Op) -> tuple:
     """Ops with equal keys compute the same values (all ops are pure)."""
-    return (op.kind, tuple(id(v) for v in op.inputs), tuple(sorted(op.attrs.items())),
-            tuple(v.type for v in op.outputs))
+    attrs = tuple(sorted((k, _exact(v)) for k, v in op.attrs.items()))
+    return (op.kind, tuple(id(v) for v in op.inputs), attrs, tuple(v.type for v in op.outputs))
 
 
 @register_pass

@@ -14,6 +14,10 @@ from llmc.compiler.verifier import verify
 from llmc.runtime.reference import random_inputs, random_weights, run
 
 
+class NonFiniteReference(AssertionError):
+    """The unoptimised graph gave inf/NaN on these inputs: comparing would prove nothing."""
+
+
 def check_pass_numerics(graph: Graph | str, pipeline: str, dims: Mapping[str, int] | None = None,
                         seeds: tuple[int, ...] = (0, 1), rtol: float = 1e-5, atol: float = 1e-5,
                         weights: Mapping[str, np.ndarray] | None = None,
@@ -34,7 +38,9 @@ def check_pass_numerics(graph: Graph | str, pipeline: str, dims: Mapping[str, in
         got = run(after, ins, w)
         assert len(want) == len(got)
         for i, (a, b) in enumerate(zip(want, got)):
+            if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                raise NonFiniteReference(f"output {i} of the graph before '{pipeline}' is not finite")
             assert a.shape == b.shape and a.dtype == b.dtype, f"output {i}: {a.shape}/{a.dtype} vs {b.shape}/{b.dtype}"
-            np.testing.assert_allclose(b.astype(np.float64), a.astype(np.float64), rtol=rtol,
+            np.testing.assert_allclose(b.astype(np.float64), a.astype(np.float64), rtol=rtol, equal_nan=False,
                                        atol=atol, err_msg=f"output {i} differs after '{pipeline}'")
     return after

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from golden import check_pass_numerics
+from golden import NonFiniteReference, check_pass_numerics
 from llmc import api
 from llmc.compiler import PassError, parse, print_graph
 from llmc.compiler.errors import LlmcError
@@ -33,7 +33,7 @@ def test_filecheck_cases_numerics_preserved(text, pipeline):
     dims = {d: 3 for v in g.inputs for d in v.type.shape if isinstance(d, str)}
     try:
         check_pass_numerics(g, pipeline, dims, int_high={v.name: 2 for v in g.inputs})
-    except LlmcError as e:  # graphs of later issues may need structured inputs
+    except (LlmcError, NonFiniteReference) as e:  # some graphs need structured inputs
         pytest.skip(f"random inputs not valid for this graph: {e}")
 
 

@@ -61,13 +61,24 @@ _unary("sigmoid", _sigmoid, "Logistic sigmoid.")
 _unary("silu", lambda x: x * _sigmoid(x), "SiLU (swish): x * sigmoid(x).")
 
 
-@defop("pow", ("x",), attrs={"exponent": AttrSpec("float")}, infer=unary, traits=EW)
+def _pow_infer(x: TensorType, exponent):
+    expect_float("pow", x)
+    return x
+
+
+@defop("pow", ("x",), attrs={"exponent": AttrSpec("float")}, infer=_pow_infer, traits=EW)
 def pow_(x, exponent):
-    """x ** exponent."""
-    return np.power(x, np.asarray(exponent, dtype=x.dtype))
+    """x ** exponent (float tensors)."""
+    return np.power(x.astype(np.float32), np.float32(exponent)).astype(x.dtype)
 
 
-@defop("gelu", ("x",), attrs={"approximate": AttrSpec("str", "none")}, infer=unary, traits=EW)
+def _gelu_infer(x: TensorType, approximate):
+    if approximate not in ("none", "tanh"):
+        raise OpError(f"op 'gelu': approximate must be 'none' or 'tanh', got '{approximate}'")
+    return x
+
+
+@defop("gelu", ("x",), attrs={"approximate": AttrSpec("str", "none")}, infer=_gelu_infer, traits=EW)
 def gelu(x, approximate):
     """GELU, exact (erf) or tanh approximation."""
     xf = x.astype(np.float64)
@@ -261,6 +272,10 @@ def l2_normalize(x, axis, epsilon):
 def _ce_infer(logits: TensorType, labels: TensorType, ignore_index, reduction):
     if labels.dtype not in (DType.i64, DType.i32):
         raise OpError(f"op 'cross_entropy': labels must be integer, got {labels}")
+    if labels.rank != logits.rank - 1:
+        raise OpError(f"op 'cross_entropy': labels {labels} must have rank {logits.rank - 1}")
+    if reduction not in ("mean", "sum", "none"):
+        raise OpError(f"op 'cross_entropy': reduction must be mean, sum or none, got '{reduction}'")
     for i, (a, b) in enumerate(zip(logits.shape[:-1], labels.shape)):
         expect_dim("cross_entropy", f"labels dim {i}", b, a)
     if reduction == "none":

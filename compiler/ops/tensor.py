@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..ir import Dim, DType, TensorType
@@ -26,8 +28,8 @@ def _reshape_infer(x: TensorType, shape):
     rest_in = [d for i, d in enumerate(x.shape) if i not in kept]
     rest_out = [d for i, d in enumerate(out) if i not in kept and d != -1]
     if all(isinstance(d, int) for d in rest_in):
-        n_in = int(np.prod(rest_in, dtype=np.int64))
-        n_out = int(np.prod(rest_out, dtype=np.int64))
+        n_in = math.prod(rest_in)
+        n_out = math.prod(rest_out)
         if -1 in out:
             if n_out == 0 or n_in % n_out:
                 raise OpError(f"op 'reshape': cannot reshape {x} to {list(shape)}")
@@ -36,8 +38,8 @@ def _reshape_infer(x: TensorType, shape):
             raise OpError(f"op 'reshape': cannot reshape {x} ({n_in} elements) to {list(shape)}")
     elif -1 in out:
         syms = [d for d in rest_in if isinstance(d, str)]
-        static_in = int(np.prod([d for d in rest_in if isinstance(d, int)], dtype=np.int64))
-        static_out = int(np.prod(rest_out, dtype=np.int64))
+        static_in = math.prod(d for d in rest_in if isinstance(d, int))
+        static_out = math.prod(rest_out)
         if len(syms) == 1 and static_in == static_out:
             out[out.index(-1)] = syms[0]
         else:
@@ -120,6 +122,8 @@ def _slice_dim(d: Dim, start: int, end: int, step: int) -> Dim:
 def _slice_infer(x: TensorType, axes, starts, ends, steps):
     if not (len(axes) == len(starts) == len(ends)) or (steps and len(steps) != len(axes)):
         raise OpError("op 'slice': axes, starts, ends (and steps) must have equal lengths")
+    if steps and 0 in steps:
+        raise OpError("op 'slice': step cannot be zero")
     shape = list(x.shape)
     for i, a in enumerate(axes):
         ax = norm_axis(a, x.rank, "slice")
@@ -225,6 +229,8 @@ def seq_index(x, axis):
 
 
 def _unsqueeze_infer(x: TensorType, axes):
+    if len({a % (x.rank + len(axes)) for a in axes}) != len(axes):
+        raise OpError(f"op 'unsqueeze': repeated axis in {list(axes)}")
     shape = list(x.shape)
     for a in sorted(norm_axis(a, x.rank + len(axes), "unsqueeze") for a in axes):
         shape.insert(a, 1)
