@@ -21,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -148,13 +149,22 @@ def passes(
 
 @app.command()
 def demo(
-    layers: int = typer.Option(2, help="Decoder layers in the demo graph."),
+    target: str = typer.Option("ascend910b", "--target", "-t", help="Target to compile for."),
+    arch: str = typer.Option("llama_gqa", "--arch", help="Tiny architecture: llama, llama_gqa, llama_rope_scaling, baichuan2_7b, baichuan2_13b, chinese_llama2."),
+    workdir: str = typer.Option("demo-out", "--workdir", help="Where the checkpoint and artifact are written."),
+    prompt: str = typer.Option("The quick brown fox", "--prompt", "-p", help="Prompt to generate from."),
+    max_new_tokens: int = typer.Option(12, "--max-new-tokens", "-n", help="Tokens to generate."),
     json_out: bool = JsonOut,
 ):
-    """Build a tiny llama-shaped graph, run the generic pipeline with its log, execute it."""
+    """Write a tiny random checkpoint, compile it (pass log on screen), generate from the artifact."""
     from llmc import demo as demo_mod
+    from llmc.compiler.errors import LlmcError
+    from llmc.frontends.fixtures import ARCHES
 
-    demo_mod.main(layers=layers, json_out=json_out, log=typer.echo)
+    if arch not in ARCHES:
+        raise LlmcError(f"unknown demo architecture '{arch}'; known: {', '.join(ARCHES)}")
+    demo_mod.main(workdir=workdir, target=target, arch=arch, prompt=prompt,
+                  max_new_tokens=max_new_tokens, json_out=json_out, log=typer.echo)
 
 
 ModelDir = typer.Argument(..., help="Model directory (config.json + weights), or a config .json.")

@@ -1,0 +1,26 @@
+"""The README's first command: `llmc demo` end to end (checkpoint -> compile -> generate)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llmc.passes.pipelines import ASCEND_VENDOR_PASSES
+
+
+@pytest.mark.parametrize("target,arch", [("ascend910b", "llama_gqa"), ("cuda", "baichuan2_13b")])
+def test_demo_compiles_and_generates(tmp_path, target, arch):
+    r = subprocess.run([sys.executable, "-m", "llmc.cli", "demo", "--workdir", str(tmp_path),
+                        "--target", target, "--arch", arch, "-n", "6", "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    names = [p["name"] for p in doc["passes"]]
+    if target == "ascend910b":
+        assert names[: len(ASCEND_VENDOR_PASSES)] == list(ASCEND_VENDOR_PASSES)
+    assert not any(p["mismatch"] for p in doc["passes"])
+    assert doc["ops_out"] < doc["ops_in"]
+    assert doc["max_rel_err_vs_uncompiled"] <= 1e-4
+    assert len(doc["new_ids"]) == 6 and doc["new_ids"] == doc["uncompiled_new_ids"]
+    assert (tmp_path / f"tiny-{arch}.{target}" / "model.llmc").exists()
