@@ -316,6 +316,24 @@ def generate(
         typer.echo(text if text is not None else ",".join(map(str, new)))
 
 
+@app.command()
+def fixture(
+    out_dir: Path = typer.Argument(..., help="Directory to write the checkpoint into."),
+    arch: str = typer.Option("llama", "--arch", help="llama, llama_gqa, llama_rope_scaling, baichuan2_7b, baichuan2_13b, chinese_llama2."),
+    fmt: str = typer.Option("hf-numpy", "--format", "-f", help="hf (transformers save_pretrained), hf-numpy (no torch), hf-sharded, paddle, paddle-tp2, paddle-fused, paddleformers."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the weights."),
+):
+    """Write a tiny random checkpoint (config, weights, tokenizer) for tests and experiments."""
+    from llmc.compiler.errors import LlmcError
+    from llmc.frontends.fixtures import ARCHES, FORMATS, write_fixture
+
+    if arch not in ARCHES:
+        raise LlmcError(f"unknown architecture '{arch}'; known: {', '.join(ARCHES)}")
+    if fmt not in FORMATS:
+        raise LlmcError(f"unknown format '{fmt}'; known: {', '.join(FORMATS)}")
+    typer.echo(f"wrote {write_fixture(out_dir, arch, fmt, seed)} ({arch}, {fmt})")
+
+
 def main() -> None:
     """Console entry point: user errors become one message and exit code 2."""
     from llmc.compiler.errors import IRSyntaxError, LlmcError

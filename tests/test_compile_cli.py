@@ -108,3 +108,31 @@ def test_user_errors_are_one_line(ckpt, tmp_path):
     assert "compiled from a config alone" in r.stderr
     r = llmc("generate", tmp_path / "missing", "--ids", "1", ok=False)
     assert "not a readable llmc artifact" in r.stderr
+
+
+@pytest.mark.parametrize("config", ["llama2-13b.json", "baichuan2-13b.json"])
+def test_config_only_13b_compile_stays_small(config, tmp_path):
+    """A 13B pipeline from config.json alone: no weight file, peak memory under 300 MB."""
+    code = ("import resource, sys\n"
+            "from llmc.cli import main\n"
+            "sys.argv = ['llmc', 'compile', '--config', sys.argv[1], '--target', 'ascend910b',"
+            " '-o', sys.argv[2]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    out = tmp_path / "art"
+    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "benchmarks" / "configs" / config),
+                        str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    peak_kib = int(r.stdout.strip().splitlines()[-1])
+    assert peak_kib < 300 * 1024, peak_kib
+    manifest = json.loads((out / "weights.json").read_text())
+    assert manifest["backed"] is False and len(manifest["tensors"]) > 300
+
+
+def test_fixture_command_writes_a_loadable_checkpoint(tmp_path):
+    llmc("fixture", tmp_path / "m", "--arch", "baichuan2_13b", "--format", "paddle")
+    r = llmc("inspect", tmp_path / "m", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["weights"] == "checked" and doc["model"] == "baichuan2-13b" and doc["position"] == "alibi"
+    bad = llmc("fixture", tmp_path / "x", "--arch", "gpt2", ok=False)
+    assert bad.returncode == 2 and "unknown architecture 'gpt2'" in bad.stderr
