@@ -8,6 +8,7 @@ arrives as `BaichuanForCausalLM` (model_type baichuan; ALiBi for 13B, rope for
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +22,15 @@ SUPPORTED = {
 
 class ConfigError(LlmcError):
     """A config.json that cannot describe a supported model."""
+
+
+# Upper bounds on sizes: far above any real model, low enough that a typo such as
+# `num_hidden_layers: 1e30` is an error instead of a hang or an out-of-memory.
+MAX_SIZES = {
+    "num_hidden_layers": 1024, "num_layers": 1024,
+    "num_attention_heads": 4096, "num_key_value_heads": 4096,
+    "hidden_size": 65536, "intermediate_size": 1_000_000, "vocab_size": 4_000_000,
+}
 
 
 @dataclass(frozen=True)
@@ -86,19 +96,34 @@ def _int(cfg: dict, path: Path, *keys: str, default=None) -> int:
             v = cfg[k]
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"{path}: field '{k}' must be a positive integer, got {v!r}")
+            if k in MAX_SIZES and v > MAX_SIZES[k]:
+                raise ConfigError(f"{path}: field '{k}' is {v}, above the supported maximum "
+                                  f"{MAX_SIZES[k]}")
             return v
     if default is not None:
         return default
     raise ConfigError(f"{path}: missing field '{keys[0]}'")
 
 
-def _float(cfg: dict, path: Path, key: str, default: float) -> float:
+def _float(cfg: dict, path: Path, key: str, default: float, *, lo: float | None = None,
+           min_open: bool = False, field: str | None = None) -> float:
+    """A finite number field; `lo` bounds it below (strictly when `min_open`)."""
+    name = field or key
     v = cfg.get(key, default)
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(f"{path}: field '{key}' must be a number, got {v!r}")
-    return float(v)
+        raise ConfigError(f"{path}: field '{name}' must be a number, got {v!r}")
+    try:
+        f = float(v)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f):
+        raise ConfigError(f"{path}: field '{name}' must be a finite number, got {v!r}")
+    if lo is not None and (f <= lo if min_open else f < lo):
+        op = ">" if min_open else ">="
+        raise ConfigError(f"{path}: field '{name}' must be {op} {lo:g}, got {v!r}")
+    return f
 
 
 def detect_family(cfg: dict, path: Path) -> str:
@@ -106,11 +131,19 @@ def detect_family(cfg: dict, path: Path) -> str:
     if not isinstance(archs, list):
         raise ConfigError(f"{path}: field 'architectures' must be a list")
     mt = cfg.get("model_type", "")
-    if "BaichuanForCausalLM" in archs or mt == "baichuan":
+    if not all(isinstance(a, str) for a in archs):
+        raise ConfigError(f"{path}: field 'architectures' must be a list of class names")
+    if archs:  # the class to instantiate decides; model_type only when it is absent
+        unsupported = [a for a in archs if a not in SUPPORTED]
+        if not unsupported:
+            return "baichuan" if "BaichuanForCausalLM" in archs or mt == "baichuan" else "llama"
+        got = ", ".join(unsupported)
+    elif mt == "baichuan":
         return "baichuan"
-    if "LlamaForCausalLM" in archs or mt == "llama" or (not archs and not mt):
+    elif mt == "llama" or not mt:
         return "llama"
-    got = ", ".join(archs) or mt
+    else:
+        got = str(mt)
     supported = "; ".join(f"{k}: {v}" for k, v in SUPPORTED.items())
     raise ConfigError(f"{path}: unsupported architecture '{got}'. Supported: {supported}")
 
@@ -155,7 +188,8 @@ def parse_config(cfg: dict, path: Path = Path("config.json")) -> ModelConfig:
         kind = scaling.get("rope_type", scaling.get("type"))
         if kind not in ("linear", "default"):
             raise ConfigError(f"{path}: rope_scaling type '{kind}' is not supported (only 'linear')")
-        factor = _float(scaling, path, "factor", 1.0) if kind == "linear" else 1.0
+        factor = (_float(scaling, path, "factor", 1.0, lo=1.0, field="rope_scaling.factor")
+                  if kind == "linear" else 1.0)
     if "paddleformers_version" in cfg:
         fmt = "paddleformers"
     elif "paddlenlp_version" in cfg or "transformers_version" not in cfg and family == "llama" and cfg.get("alibi"):
@@ -171,9 +205,12 @@ def parse_config(cfg: dict, path: Path = Path("config.json")) -> ModelConfig:
         num_kv_heads=kv,
         intermediate_size=_int(cfg, path, "intermediate_size"),
         vocab_size=_int(cfg, path, "vocab_size"),
-        rms_norm_eps=_float(cfg, path, "rms_norm_eps", 1e-6),
+        rms_norm_eps=_float(cfg, path, "rms_norm_eps", 1e-6, lo=0.0),
         position="alibi" if alibi else "rope",
-        rope_theta=_float(cfg, path, "rope_theta", _float(rope, path, "rope_theta", 10000.0)),
+        rope_theta=_float(cfg, path, "rope_theta",
+                          _float(rope, path, "rope_theta", 10000.0, lo=0.0, min_open=True,
+                                 field="rope_parameters.rope_theta"),
+                          lo=0.0, min_open=True),
         rope_scaling_factor=factor,
         qkv_packed=family == "baichuan",
         norm_head=family == "baichuan" or bool(cfg.get("norm_head", False)),

@@ -15,7 +15,8 @@ Tensor-parallel shards `model_state.tp0N.pdparams` are merged with PaddleNLP's
 Llama split rules (`_get_tensor_parallel_mappings`): column-parallel weights
 (q/k/v/qkv, gate/up, untied lm_head) are split along the last axis (Paddle's
 `[in, out]` out dim), row-parallel ones (o/down, the vocab-parallel embedding,
-a tied lm_head) along axis 0; k/v only when kv heads divide by the degree;
+a tied lm_head) along axis 0; k/v only when kv heads divide by the degree, the
+embedding and lm_head only when the vocab size does (else they are replicated);
 `gate_up_fused_proj` is a "naive 2-fuse" ([gate_r | up_r] per rank).
 """
 
@@ -182,10 +183,12 @@ def tp_split_axis(name: str, shape: tuple[int, ...], tp: int, kv_heads: int, voc
     """The axis PaddleNLP's Llama splits `name` along across `tp` ranks (None: replicated)."""
     if len(shape) < 2:
         return None
-    if name.endswith("embed_tokens.weight"):
+    if name.endswith("embed_tokens.weight") or name == "lm_head.weight":
+        if vocab % tp:  # PaddleNLP only vocab-splits when the degree divides the vocab
+            return None
+        if name == "lm_head.weight" and not tied:
+            return len(shape) - 1
         return 0
-    if name == "lm_head.weight":
-        return 0 if tied else len(shape) - 1
     if any(f".{p}." in name for p in ("k_proj", "v_proj")):
         return len(shape) - 1 if kv_heads % tp == 0 else None
     if any(f".{p}." in name for p in _COLUMN):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, NamedTuple
 
+import ml_dtypes
 import numpy as np
 
 from llmc.compiler.errors import LlmcError
@@ -34,7 +35,8 @@ _ST_DTYPES = {"F64": "f64", "F32": "f32", "F16": "f16", "BF16": "bf16", "I64": "
               "BOOL": "bool", "F8_E4M3": "f8e4m3", "F8_E5M2": "f8e5m2"}
 _NP = {"f64": "<f8", "f32": "<f4", "f16": "<f2", "bf16": "<u2", "i64": "<i8", "i32": "<i4",
        "i16": "<i2", "i8": "i1", "u8": "u1", "u16": "<u2", "u32": "<u4", "u64": "<u8",
-       "bool": "?", "f8e4m3": "u1", "f8e5m2": "u1"}
+       "bool": "?", "f8e4m3": np.dtype(ml_dtypes.float8_e4m3fn),
+       "f8e5m2": np.dtype(ml_dtypes.float8_e5m2)}
 _ITEMSIZE = {k: np.dtype(v).itemsize for k, v in _NP.items()}
 FLOAT_DTYPES = ("f64", "f32", "f16", "bf16", "f8e4m3", "f8e5m2")
 _TP_FILE = re.compile(r"model_state\.tp(\d+)\.pdparams$")
@@ -67,9 +69,18 @@ class Entry:
 
 
 def to_compute(a: np.ndarray, stored: str, compute_dtype: str | None) -> np.ndarray:
-    """Convert a stored array to the compute dtype (floats only; ints stay as stored)."""
+    """Convert a stored array to the compute dtype (floats only; ints stay as stored).
+
+    bf16 arrives as uint16 bits; fp8 (e4m3fn / e5m2) as ml_dtypes float8 arrays (a
+    uint8 view of fp8 bits is reinterpreted, never converted by value)."""
     if stored == "bf16":
         a = (np.asarray(a).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    elif stored in ("f8e4m3", "f8e5m2"):
+        a = np.asarray(a)
+        if a.dtype != np.dtype(_NP[stored]):
+            a = a.view(_NP[stored])
+        if compute_dtype is not None:
+            a = a.astype(np.float32)  # ml_dtypes decodes fp8; then to the compute dtype
     if compute_dtype is None or stored not in FLOAT_DTYPES:
         return a
     return a if a.dtype == np.dtype(compute_dtype) else a.astype(compute_dtype)
@@ -241,7 +252,7 @@ def _read_index(index: Path, reader: Callable[[Path], dict[str, Entry]]) -> dict
     for name, fname in wmap.items():
         if fname not in shards:
             shard = index.parent / fname
-            if not shard.is_file():
+            if not _regular(shard):
                 raise CheckpointError(f"{index}: tensor '{name}' is in shard '{fname}', "
                                       "which does not exist")
             shards[fname] = reader(shard)
@@ -254,6 +265,8 @@ def _read_index(index: Path, reader: Callable[[Path], dict[str, Entry]]) -> dict
 
 def _tp_files(d: Path) -> list[Path]:
     found = {int(m.group(1)): p for p in d.iterdir() if (m := _TP_FILE.match(p.name))}
+    for p in found.values():
+        _regular(p)
     for r in range(len(found)):
         if r not in found:
             raise CheckpointError(f"{d}: tensor-parallel shard model_state.tp{r:02d}.pdparams is "
@@ -271,7 +284,22 @@ def discover(d: Path, allow_pickle: bool,
     return fmt, entries, files
 
 
+def _regular(p: Path) -> bool:
+    """Whether `p` is a regular file; a weight path that exists as anything else
+    (a directory, a fifo, a dangling symlink) is an error, not 'no weights'."""
+    if p.is_file():
+        return True
+    if p.exists() or p.is_symlink():
+        what = "a directory" if p.is_dir() else "not a regular file"
+        raise CheckpointError(f"{p}: is {what}; expected a weight file")
+    return False
+
+
 def _discover(d: Path, allow_pickle: bool, config=None) -> tuple[str, dict[str, Entry]]:
+    for name in ("model.safetensors.index.json", "model.safetensors",
+                 "model_state.pdparams.index.json", "model_state.pdparams",
+                 "pytorch_model.bin.index.json", "pytorch_model.bin"):
+        _regular(d / name)
     if (d / "model.safetensors.index.json").is_file():
         entries = _read_index(d / "model.safetensors.index.json", read_safetensors)
         return "safetensors-sharded", entries

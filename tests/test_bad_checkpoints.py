@@ -192,3 +192,38 @@ def test_missing_model_dir_and_output_dir(monkeypatch, capsys, model, tmp_path):
 def test_bad_form(monkeypatch, capsys, model):
     expect_error(monkeypatch, capsys, model, "--form must be 'full' or 'inference'",
                  extra=("--form", "training"))
+
+
+@pytest.mark.parametrize("changes, needles", [
+    (dict(rope_scaling={"type": "linear", "factor": 0.5}), ("rope_scaling.factor", ">= 1")),
+    (dict(rope_scaling={"type": "linear", "factor": float("inf")}),
+     ("rope_scaling.factor", "finite")),
+    (dict(rms_norm_eps=-1e-5), ("rms_norm_eps", ">= 0")),
+    (dict(rms_norm_eps=float("nan")), ("rms_norm_eps", "finite")),
+    (dict(rope_theta=0), ("rope_theta", "> 0")),
+    (dict(rope_theta=float("inf")), ("rope_theta", "finite")),
+    (dict(rope_parameters={"rope_type": "default", "rope_theta": -1.0}),
+     ("rope_parameters.rope_theta", "> 0")),
+    (dict(num_hidden_layers=10**30), ("num_hidden_layers", "maximum 1024")),
+    (dict(hidden_size=2**20, num_attention_heads=4), ("hidden_size", "maximum")),
+    (dict(num_attention_heads=10**9), ("num_attention_heads", "maximum")),
+    (dict(intermediate_size=10**7), ("intermediate_size", "maximum")),
+    (dict(vocab_size=10**8), ("vocab_size", "maximum")),
+    (dict(architectures=["LlamaForSequenceClassification"], model_type="llama"),
+     ("LlamaForSequenceClassification", "unsupported architecture", "LlamaForCausalLM")),
+    (dict(architectures=["LlamaForCausalLM", "LlamaForTokenClassification"]),
+     ("LlamaForTokenClassification", "unsupported architecture")),
+])
+def test_out_of_range_config_fields(monkeypatch, capsys, model, changes, needles):
+    if "rope_parameters" in changes:
+        cfg = json.loads((model / "config.json").read_text())
+        cfg.pop("rope_theta", None)
+        (model / "config.json").write_text(json.dumps(cfg))
+    edit_config(model, **changes)
+    expect_error(monkeypatch, capsys, model, "config.json", *needles)
+
+
+def test_weight_file_that_is_a_directory(monkeypatch, capsys, model):
+    (model / "model.safetensors").unlink()
+    (model / "model.safetensors").mkdir()
+    expect_error(monkeypatch, capsys, model, "model.safetensors: is a directory")

@@ -207,3 +207,67 @@ def test_mapping_protocol_and_config_only(hf_dir, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(F.tiny_config("llama")))
     empty = WeightStore(tmp_path)
     assert not empty.backed and len(empty) == 0 and empty.format == "none"
+
+
+@pytest.mark.parametrize("st, ir, mdt", [("F8_E4M3", "f8e4m3", ml_dtypes.float8_e4m3fn),
+                                         ("F8_E5M2", "f8e5m2", ml_dtypes.float8_e5m2)])
+def test_fp8_safetensors_are_decoded_not_read_as_bytes(tmp_path, st, ir, mdt):
+    want = np.array([[0.0, 0.5, -1.75, 2.0], [-0.015625, 3.5, 224.0, -64.0]], np.float32)
+    bits = want.astype(mdt)
+    assert bits.astype(np.float32).tolist() == want.tolist()  # exactly representable
+    write_raw_safetensors(tmp_path / "m.safetensors", {"w": (st, (2, 4), bits.tobytes())})
+    store = WeightStore(tmp_path / "m.safetensors")
+    assert store.info("w") == (ir, (2, 4)) and store.nbytes == 8
+    got = store["w"]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    assert store.raw("w").dtype == np.dtype(mdt)
+    f16 = WeightStore(tmp_path / "m.safetensors", compute_dtype="float16")["w"]
+    assert f16.dtype == np.float16 and f16.tolist() == want.tolist()
+
+
+def test_tp_merge_replicates_embedding_and_lm_head_when_vocab_does_not_divide(tmp_path):
+    """PaddleNLP splits embed_tokens / lm_head only when vocab % tp == 0; else every rank
+    holds the full tensor and the merge must not concatenate them."""
+    full = F.paddlenlp_weights("llama_gqa")
+    vocab, rng = 255, np.random.default_rng(3)
+    embed = rng.standard_normal((vocab, 64)).astype(np.float32)
+    head = rng.standard_normal((64, vocab)).astype(np.float32)
+    rest = {k: v for k, v in full.items() if k not in ("llama.embed_tokens.weight",
+                                                       "lm_head.weight")}
+    for rank, state in enumerate(F.paddlenlp_tp_split(rest, "llama_gqa", 2)):
+        state.update({"llama.embed_tokens.weight": embed, "lm_head.weight": head})
+        with open(tmp_path / f"model_state.tp{rank:02d}.pdparams", "wb") as f:
+            pickle.dump(state, f, protocol=4)
+    cfg = dict(F.paddle_config("llama_gqa", tp=2), vocab_size=vocab)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    store = WeightStore(tmp_path)
+    assert store.info("llama.embed_tokens.weight").shape == (vocab, 64)
+    assert store.info("lm_head.weight").shape == (64, vocab)
+    assert_same(store, {**rest, "llama.embed_tokens.weight": embed, "lm_head.weight": head})
+    ck = open_checkpoint(tmp_path)
+    assert ck.problems(config_param_shapes(ck.config, ck.naming)) == []
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model_state.pdparams",
+                                  "model.safetensors.index.json"])
+def test_weight_path_that_is_a_directory_is_an_error(tmp_path, name):
+    (tmp_path / "config.json").write_text(json.dumps(F.tiny_config("llama")))
+    (tmp_path / name).mkdir()
+    with pytest.raises(CheckpointError, match=f"{name}: is a directory"):
+        WeightStore(tmp_path)
+
+
+def test_tp_shard_or_index_shard_that_is_a_directory_is_an_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(F.paddle_config("llama", tp=2)))
+    (tmp_path / "model_state.tp00.pdparams").write_bytes(pickle.dumps({}, protocol=4))
+    (tmp_path / "model_state.tp01.pdparams").mkdir()
+    with pytest.raises(CheckpointError, match="model_state.tp01.pdparams: is a directory"):
+        WeightStore(tmp_path)
+    d = tmp_path / "sharded"
+    d.mkdir()
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "model-00001-of-00001.safetensors"}}))
+    (d / "model-00001-of-00001.safetensors").mkdir()
+    with pytest.raises(CheckpointError, match="model-00001-of-00001.safetensors: is a directory"):
+        WeightStore(d)
