@@ -65,6 +65,17 @@ def remove_padding(rw, ids, lens, cast):
     return rw.op("remove_padding", ids, lens)
 
 
+def _output_linears_on(g: Graph, kind: str) -> int:
+    """How many graph outputs are a `linear` whose input is produced by a `kind` op."""
+    n = 0
+    for v in g.outputs:
+        op = v.producer
+        if op is not None and op.kind == "linear":
+            src = op.inputs[0].producer
+            n += src is not None and src.kind == kind
+    return n
+
+
 @register_pass
 class LlamaFuseLmHeadWithSlice(Pass):
     """linear(slice(rms_norm(x)), W) producing the logits → lm_head(slice(x), norm_w, W)."""
@@ -75,14 +86,7 @@ class LlamaFuseLmHeadWithSlice(Pass):
         return apply_rules(g, [lm_head_with_slice])
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        return sum(
-            1
-            for v in g.outputs
-            if v.producer is not None
-            and v.producer.kind == "linear"
-            and v.producer.inputs[0].producer is not None
-            and v.producer.inputs[0].producer.kind == "slice"
-        )
+        return _output_linears_on(g, "slice")
 
 
 @register_pass
@@ -97,14 +101,7 @@ class LlamaFuseLmHead(Pass):
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
         if num_layers(ctx) is not None:
             return max(1 - count(g, "lm_head"), 0)
-        return sum(
-            1
-            for v in g.outputs
-            if v.producer is not None
-            and v.producer.kind == "linear"
-            and v.producer.inputs[0].producer is not None
-            and v.producer.inputs[0].producer.kind == "rms_norm"
-        )
+        return _output_linears_on(g, "rms_norm")
 
 
 @register_pass

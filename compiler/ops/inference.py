@@ -16,7 +16,7 @@ import numpy as np
 
 from ..ir import DType, TensorType
 from .arith import gelu, layer_norm, rms_norm
-from .nn import alibi_slopes, rope_cos_sin
+from .nn import alibi_slopes, rope_cos_sin, rotate
 from .registry import AttrSpec, OpError, defop
 from .shapes import expect_dim, expect_float, expect_int, expect_rank
 
@@ -264,17 +264,8 @@ def _split_heads(qkv, h: int, kv: int, d: int):
 
 def _rope(x, pos, theta: float, factor: float, neox: bool):
     """Rotary embedding of x [n, heads, d] at positions pos [n]."""
-    d = x.shape[-1]
-    cos, sin = rope_cos_sin(pos, d, theta, factor)
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    xf = x.astype(np.float32)
-    if neox:
-        x1, x2 = xf[..., : d // 2], xf[..., d // 2:]
-        out = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    else:
-        x1, x2 = xf[..., 0::2], xf[..., 1::2]
-        out = np.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).reshape(x.shape)
-    return out.astype(x.dtype)
+    cos, sin = rope_cos_sin(pos, x.shape[-1], theta, factor)
+    return rotate(x, cos[:, None, :], sin[:, None, :], neox)
 
 
 def _attend(q, keys, vals, qpos, kpos, slopes):

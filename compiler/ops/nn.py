@@ -42,11 +42,17 @@ def rope(x, positions, theta, scaling_factor, style):
 
     neox pairs dim i with i + d/2 (HF llama `rotate_half`); interleaved pairs 2i with 2i+1.
     """
+    cos, sin = rope_cos_sin(np.broadcast_to(positions, x.shape[:2]), x.shape[-1], theta,
+                            scaling_factor)
+    return rotate(x, cos[:, :, None, :], sin[:, :, None, :], style == "neox")
+
+
+def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
+    """Apply rotary tables (broadcastable to x[..., d/2]) to x in f32; neox pairs i with
+    i + d/2, interleaved pairs 2i with 2i+1."""
     d = x.shape[-1]
-    cos, sin = rope_cos_sin(np.broadcast_to(positions, x.shape[:2]), d, theta, scaling_factor)
-    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     xf = x.astype(np.float32)
-    if style == "neox":
+    if neox:
         x1, x2 = xf[..., : d // 2], xf[..., d // 2:]
         out = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     else:
