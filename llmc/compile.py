@@ -124,6 +124,8 @@ def compile_model(
 
     t0 = time.perf_counter()
     g = build_graph(cfg, ckpt.naming, form)
+    if ckpt.weights.backed:  # every parameter must be in the checkpoint, with its shape
+        ckpt.validate({name: tuple(p.type.shape) for name, p in g.params.items()})
     t1 = time.perf_counter()
     ops_in = len(g)
     records = api.run_pipeline(

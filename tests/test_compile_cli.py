@@ -137,3 +137,17 @@ def test_fixture_command_writes_a_loadable_checkpoint(tmp_path):
     assert doc["weights"] == "checked" and doc["model"] == "baichuan2-13b" and doc["position"] == "alibi"
     bad = llmc("fixture", tmp_path / "x", "--arch", "gpt2", ok=False)
     assert bad.returncode == 2 and "unknown architecture 'gpt2'" in bad.stderr
+
+
+def test_compile_checks_weights_before_writing(tmp_path):
+    from llmc.frontends.fixtures import read_safetensors_dir, write_fixture, write_safetensors
+
+    model = write_fixture(tmp_path / "m", "llama", "hf-numpy")
+    tensors = read_safetensors_dir(model)
+    tensors.pop("model.layers.1.mlp.up_proj.weight")
+    for f in model.glob("model*.safetensors*"):
+        f.unlink()
+    write_safetensors(model, tensors)
+    r = llmc("compile", model, "--target", "cuda", "-o", tmp_path / "out", ok=False)
+    assert r.returncode == 2 and "model.layers.1.mlp.up_proj.weight" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
