@@ -115,6 +115,13 @@ class TensorType:
         return f"{self.dtype.value}[{', '.join(str(d) for d in self.shape)}]"
 
 
+def types_compatible(a: TensorType, b: TensorType) -> bool:
+    """Same dtype and rank, and no dim known to differ (symbols match anything)."""
+    return (a.dtype is b.dtype and a.rank == b.rank
+            and all(x == y or isinstance(x, str) or isinstance(y, str)
+                    for x, y in zip(a.shape, b.shape)))
+
+
 class Value:
     """An SSA value. `producer` is the op defining it (None for inputs and params)."""
 
@@ -350,9 +357,15 @@ class Graph:
         op.graph = None
 
     def replace_all_uses(self, old: Value, new: Value) -> None:
-        """Make every user of `old` (and the graph outputs) use `new` instead."""
+        """Make every user of `old` (and the graph outputs) use `new` instead.
+
+        `new` must have `old`'s type (a symbolic dim may stand for a known one): a rewrite
+        that changes a value's dtype, rank or a known dim is a bug, caught here."""
         if old is new:
             return
+        if not types_compatible(old.type, new.type):
+            raise ValueError(f"replacing {old.ref}: {old.type} by {new.ref}: {new.type} "
+                             "changes its type")
         for user in list(old.users):
             for i, v in enumerate(user.inputs):
                 if v is old:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 from .builder import make_op
 from .ir import Graph, Op, Value
 from .ops import get_op
+from .ops.registry import OpError
 
 
 class P:
@@ -121,7 +122,10 @@ class Rule:
             return False
         matched = m.pop("@ops", [])
         rw.begin(root)
-        res = self.fn(rw, **m)
+        try:
+            res = self.fn(rw, **m)
+        except OpError:  # the replacement would be ill-typed: the pattern does not apply
+            res = None
         if res is None:
             rw.abort()
             return False

@@ -19,10 +19,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import IRSyntaxError
-from .ir import DType, Graph, Op, TensorType, Value
+from .ir import DType, Graph, Op, TensorType, Value, types_compatible
 from .ops import get_op
 from .ops.registry import OpError
-from .ops.shapes import dims_equal
 
 # ---- printer -------------------------------------------------------------------
 
@@ -308,8 +307,7 @@ class _Builder:
 
 
 def _compatible(declared: TensorType, inferred: TensorType) -> bool:
-    return (declared.dtype is inferred.dtype and declared.rank == inferred.rank
-            and all(dims_equal(a, b) for a, b in zip(declared.shape, inferred.shape)))
+    return types_compatible(declared, inferred)
 
 
 def parse_file(path: str | Path) -> Graph:

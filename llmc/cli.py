@@ -87,6 +87,10 @@ def opt(
         g = api.parse(text, name)
         records = api.run_pipeline(g, pipeline, inst, log=None if (quiet or json_out) else _err,
                                    emit_ir=lambda h, t: _err(f"{h}\n{t}"))
+        if pipeline:
+            from llmc.compiler.verifier import verify
+
+            verify(g)
         outs.append(api.to_dot(g) if emit == "dot" else api.print_graph(g))
         reports.append({"passes": [r.__dict__ for r in records], "ops": len(g)})
     result = "// -----\n".join(outs)

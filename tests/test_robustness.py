@@ -94,3 +94,25 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
 def test_write_atomic_refuses_directory(tmp_path):
     with pytest.raises(LlmcError, match="is a directory"):
         api.write_atomic(tmp_path, "x")
+
+
+def test_replacing_a_value_by_one_of_another_type_is_refused():
+    b = Builder("g")
+    x = b.input("x", "f32", [2, 4])
+    y = b.neg(x)
+    s = b.reduce_sum(x, axes=[0])
+    b.output(y)
+    with pytest.raises(ValueError, match="changes its type"):
+        b.graph.replace_all_uses(y, s)
+
+
+def test_a_rule_whose_replacement_is_ill_typed_does_not_apply():
+    from llmc.compiler.rewrite import P, apply_rules, rule
+
+    @rule(P("neg", P.var("x")))
+    def bad(rw, x):
+        return rw.op("matmul", x, x)  # [2, 4] @ [2, 4]: OpError while building
+
+    g = parse("graph @g(%x: f32[2, 4]) {\n  %y = neg(%x) : f32[2, 4]\n  return %y\n}\n")
+    assert apply_rules(g, [bad]) == 0
+    assert [op.kind for op in g.ops] == ["neg"]
