@@ -260,11 +260,13 @@ def compile_(
 
     The pass log goes to stderr: `--- Running IR pass [name]  matched N (expected M)  ...`.
     """
-    from llmc.compile import compile_model, write_artifact
+    from llmc.compile import check_output, compile_model, write_artifact
     from llmc.compiler.errors import LlmcError
 
     if (model is None) == (config is None):
         raise LlmcError("compile: give a MODEL_DIR or --config FILE (exactly one)")
+    if output is not None:
+        check_output(output)  # before the pipeline runs
     inst = _instruments(print_ir_before, print_ir_after, print_ir_after_all, dump_dir,
                         disable_pass, verify_each)
     c = compile_model(model or config, target, form, inst, log=None if json_out else _err,
@@ -307,8 +309,10 @@ def generate(
         tok = load_tokenizer(art.manifest["model_dir"])
         prompt_ids = tok.encode(prompt)
     else:
+        if any(not t.strip() for t in ids.split(",")):
+            raise LlmcError(f"generate: --ids has an empty item: '{ids}'")
         try:
-            prompt_ids = [int(t) for t in ids.split(",") if t.strip()]
+            prompt_ids = [int(t) for t in ids.split(",")]
         except ValueError:
             raise LlmcError(f"generate: --ids must be comma-separated integers, got '{ids}'") from None
     new = gen(art, prompt_ids, max_new_tokens, eos)

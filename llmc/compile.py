@@ -3,14 +3,17 @@
 An artifact directory holds `model.llmc` (the lowered IR), `pass_log.txt`,
 `report.json` and `weights.json` (a manifest naming each parameter's checkpoint file,
 dtype and shape: weights are never copied). It is written to a temporary directory
-next to OUT and renamed into place, so OUT is either the old artifact or the new one.
+next to OUT and swapped into place, so OUT is either the old artifact or the new one.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -155,27 +158,72 @@ def compile_model(
     return Compiled(g, tgt.name, form, records, report, weights_manifest(g, ckpt), lines)
 
 
-def write_artifact(c: Compiled, out: str | Path) -> Path:
-    """Write the artifact directory atomically (temp dir + rename)."""
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False where
+    the platform or filesystem cannot, so the caller falls back to two renames."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Put `tmp` at `out`; an existing `out` is swapped out atomically where the
+    filesystem allows, else moved aside and restored if the second rename fails."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    if _exchange(tmp, out):  # tmp now holds the old artifact
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)  # put the old artifact back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output(out: str | Path) -> None:
+    """Refuse an OUT that is not ours to replace: a file, or a non-artifact directory."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise LlmcError(f"{out}: exists and is not an llmc artifact directory")
+        if not (out / "model.llmc").exists() and any(out.iterdir()):
+            raise LlmcError(f"{out}: exists and is not an llmc artifact; refusing to replace it")
+
+
+def write_artifact(c: Compiled, out: str | Path) -> Path:
+    """Write the artifact directory atomically: OUT is the old artifact or the new one."""
+    out = Path(out)
+    check_output(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    except OSError as e:
+        raise LlmcError(f"{out}: cannot create the artifact directory ({e.strerror or e})") from None
     try:
         (tmp / "model.llmc").write_text(print_graph(c.graph))
         (tmp / "pass_log.txt").write_text("\n".join(c.log) + "\n")
         (tmp / "report.json").write_text(json.dumps(c.report, indent=2) + "\n")
         (tmp / "weights.json").write_text(json.dumps(c.manifest, indent=2) + "\n")
-        old = None
-        if out.exists():
-            if not (out / "model.llmc").exists() and any(out.iterdir()):
-                raise LlmcError(
-                    f"{out}: exists and is not an llmc artifact; refusing to replace it"
-                )
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _swap_into_place(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LlmcError(f"{out}: cannot write the artifact ({e.strerror or e})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -223,6 +271,30 @@ def load_artifact(path: str | Path) -> Artifact:
     return Artifact(p, parse(text, str(p / "model.llmc")), report, manifest)
 
 
+def check_prompt(config: dict, prompt_ids: list[int], max_new_tokens: int) -> None:
+    """Refuse a bad request before running anything: ids outside the vocabulary, an empty
+    prompt, or prompt + max_new_tokens beyond max_position_embeddings (every target alike)."""
+    import numpy as np
+
+    from llmc.runtime.generate import check_length
+
+    if not prompt_ids:
+        raise LlmcError("generate: the prompt has no tokens")
+    vocab = config.get("vocab_size")
+    for t in prompt_ids:
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+            raise LlmcError(f"generate: token id {t!r} is not an integer")
+        if t < 0 or (vocab is not None and t >= vocab):
+            have = f"the vocabulary has {vocab} ids (0..{vocab - 1})" if vocab else "ids are >= 0"
+            raise LlmcError(f"generate: token id {t} is out of range; {have}")
+    if max_new_tokens < 1:
+        raise LlmcError(f"generate: max_new_tokens must be positive, got {max_new_tokens}")
+    try:
+        check_length(len(prompt_ids), max_new_tokens, config.get("max_position_embeddings"))
+    except LlmcError as e:
+        raise LlmcError(f"generate: {e}") from None
+
+
 def generate(
     art: Artifact,
     prompt_ids: list[int],
@@ -236,9 +308,8 @@ def generate(
     from llmc.runtime.generate import Generator
     from llmc.runtime.reference import run
 
+    check_prompt(art.report.get("config", {}), prompt_ids, max_new_tokens)
     w = weights if weights is not None else art.weights()
-    if not prompt_ids:
-        raise LlmcError("generate: the prompt has no tokens")
     if art.report.get("form") == "inference":
         return Generator(art.graph, w).generate([prompt_ids], max_new_tokens, eos_token_id)[0]
     ids, out = list(prompt_ids), []

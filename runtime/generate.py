@@ -25,6 +25,17 @@ class GenerationError(LlmcError):
     """Bad generation request (empty prompt, too long for the block table...)."""
 
 
+def check_length(prompt_len: int, max_new_tokens: int, max_positions: int | None,
+                 limit_name: str = "max_position_embeddings") -> None:
+    """Refuse, before running anything, a request whose prompt plus new tokens exceeds the
+    model's positions (the same rule on every target, whatever its attention kernel)."""
+    if max_positions is not None and prompt_len + max_new_tokens > max_positions:
+        raise GenerationError(
+            f"a {prompt_len}-token prompt plus {max_new_tokens} new tokens needs "
+            f"{prompt_len + max_new_tokens} positions; the model holds {max_positions} "
+            f"({limit_name})")
+
+
 def full_logits(graph: Graph, weights: Mapping[str, np.ndarray], input_ids) -> np.ndarray:
     """Full-form logits [batch, seq, vocab] for input_ids [batch, seq] at positions 0..seq-1."""
     ids = np.asarray(input_ids, dtype=np.int64)
@@ -59,6 +70,10 @@ class Generator:
         tables = next(v for v in graph.inputs if v.name == "block_tables")
         width = tables.type.shape[1]
         self.max_blocks = width if isinstance(width, int) else None
+        limits = [int(op.attrs["max_seq_len"]) for op in graph.ops if "max_seq_len" in op.attrs]
+        # the positions a sequence may hold: its attention ops' max_seq_len (which
+        # build_inference sets to the config's max_position_embeddings)
+        self.max_positions = min(limits) if limits else None
 
     def _alloc(self, batch: int, max_tokens: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         per_seq = -(-max_tokens // self.block_size)
@@ -91,7 +106,11 @@ class Generator:
             raise GenerationError("every prompt needs at least one token")
         lens = np.array([len(p) for p in prompt_ids], np.int32)
         batch, width = len(prompt_ids), int(lens.max())
-        tables, caches = self._alloc(batch, width + max_new_tokens)
+        need = width + max_new_tokens
+        if self.max_blocks is None or -(-need // self.block_size) <= self.max_blocks:
+            # (a static block table too small gets _alloc's own message)
+            check_length(width, max_new_tokens, self.max_positions, "max_seq_len")
+        tables, caches = self._alloc(batch, need)
         s = Session(tables, caches, lens.copy(), np.zeros(batch, bool))
         ids = np.zeros((batch, width), np.int64)
         for i, p in enumerate(prompt_ids):

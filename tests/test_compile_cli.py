@@ -151,3 +151,169 @@ def test_compile_checks_weights_before_writing(tmp_path):
     r = llmc("compile", model, "--target", "cuda", "-o", tmp_path / "out", ok=False)
     assert r.returncode == 2 and "model.layers.1.mlp.up_proj.weight" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+
+
+# ---- review fixes: output path, atomic swap, id / length validation, eos -------------
+
+
+def _no_traceback(r, *needles):
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for n in needles:
+        assert n in r.stderr, r.stderr
+
+
+def test_compile_onto_an_existing_file_is_a_user_error(ckpt, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    r = llmc("compile", ckpt, "-t", "cpu", "-o", afile, ok=False)
+    _no_traceback(r, f"{afile}: exists and is not an llmc artifact directory")
+    assert afile.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_write_artifact_refuses_a_file_from_the_library(ckpt, tmp_path):
+    from llmc.compile import compile_model, write_artifact
+    from llmc.compiler.errors import LlmcError
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(LlmcError, match="exists and is not an llmc artifact directory"):
+        write_artifact(compile_model(ckpt, "cpu"), tmp_path / "f")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_a_failed_swap_restores_the_old_artifact(ckpt, tmp_path, monkeypatch):
+    import os
+
+    from llmc import compile as comp
+    from llmc.compiler.errors import LlmcError
+
+    out = tmp_path / "out"
+    comp.write_artifact(comp.compile_model(ckpt, "cpu"), out)
+    new = comp.compile_model(ckpt, "ascend910b")
+    monkeypatch.setattr(comp, "_exchange", lambda a, b: False)  # the two-rename fallback
+    real, calls = os.replace, []
+
+    def flaky(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # OUT already moved aside; putting the new one in fails
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(LlmcError, match="cannot write the artifact"):
+        comp.write_artifact(new, out)
+    assert len(calls) == 3  # out -> old, tmp -> out (fails), old -> out
+    assert json.loads((out / "report.json").read_text())["target"] == "cpu"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no .old / .tmp left
+    monkeypatch.setattr(os, "replace", real)
+    comp.write_artifact(new, out)  # the fallback's success path
+    assert json.loads((out / "report.json").read_text())["target"] == "ascend910b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_exchange_swaps_two_directories(tmp_path):
+    from llmc.compile import _exchange
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x").write_text("a")
+    (tmp_path / "b" / "x").write_text("b")
+    if not _exchange(tmp_path / "a", tmp_path / "b"):
+        pytest.skip("no RENAME_EXCHANGE here")
+    assert (tmp_path / "a" / "x").read_text() == "b" and (tmp_path / "b" / "x").read_text() == "a"
+
+
+@pytest.fixture(scope="module")
+def artifacts(ckpt, tmp_path_factory):
+    base = tmp_path_factory.mktemp("arts")
+    for target in ("ascend910b", "cpu"):
+        llmc("compile", ckpt, "-t", target, "-o", base / target)
+    return base
+
+
+@pytest.mark.parametrize("target", ["ascend910b", "cpu"])
+@pytest.mark.parametrize(
+    "ids,needle",
+    [
+        ("-1", "token id -1 is out of range; the vocabulary has 256 ids (0..255)"),
+        ("99999", "token id 99999 is out of range"),
+        ("1,256", "token id 256 is out of range"),
+        ("1,,2", "--ids has an empty item: '1,,2'"),
+        ("1,2,", "--ids has an empty item"),
+        ("1,x", "--ids must be comma-separated integers"),
+    ],
+)
+def test_generate_validates_ids_up_front(artifacts, target, ids, needle):
+    r = llmc("generate", artifacts / target, f"--ids={ids}", "-n", "2", ok=False)
+    _no_traceback(r, needle)
+    assert "%" not in r.stderr  # no IR dump
+
+
+def test_prompt_length_is_checked_alike_on_every_target(artifacts):
+    too_long = ",".join(["5"] * 509)  # 509 + 4 > 512 positions
+    fits = ",".join(["5"] * 508)
+    outs = {}
+    for target in ("ascend910b", "cpu"):
+        r = llmc("generate", artifacts / target, "--ids", too_long, "-n", "4", ok=False)
+        _no_traceback(r, "a 509-token prompt plus 4 new tokens needs 513 positions; "
+                         "the model holds 512 (max_position_embeddings)")
+        r = llmc("generate", artifacts / target, "--ids", fits, "-n", "4", "--json")
+        outs[target] = json.loads(r.stdout)["new_ids"]
+    assert outs["ascend910b"] == outs["cpu"]
+
+
+def test_generator_prefill_checks_max_seq_len_first(ckpt):
+    from llmc.compile import build_graph, compile_model
+    from llmc.compiler.errors import LlmcError
+    from llmc.frontends.loader import open_checkpoint
+    from llmc.runtime.generate import Generator
+
+    ck = open_checkpoint(ckpt)
+    for g in (build_graph(ck.config, ck.naming, "inference"),
+              compile_model(ckpt, "ascend910b").graph):
+        gen = Generator(g, ck.weights)
+        assert gen.max_positions == 512
+        with pytest.raises(LlmcError, match=r"520-token prompt plus 1 new tokens needs 521 "
+                                            r"positions; the model holds 512 \(max_seq_len\)"):
+            gen.prefill([[5] * 520], 1)
+
+
+def test_eos_stops_alike_on_compiled_and_uncompiled_graphs(ckpt):
+    from llmc.compile import Artifact, build_graph, compile_model, generate
+    from llmc.frontends.loader import open_checkpoint
+    from llmc.runtime.generate import Generator
+
+    ck = open_checkpoint(ckpt)
+    report = {"config": ck.config.to_dict()}
+    graphs = {
+        "inference": build_graph(ck.config, ck.naming, "inference"),
+        "full": build_graph(ck.config, ck.naming, "full"),
+        "ascend910b": compile_model(ckpt, "ascend910b").graph,
+        "cpu": compile_model(ckpt, "cpu").graph,
+        "cuda": compile_model(ckpt, "cuda").graph,
+    }
+    forms = {"inference": "inference", "ascend910b": "inference"}
+
+    def gen(name, eos, prompt=(1, 17, 42, 9)):
+        art = Artifact(None, graphs[name], dict(report, form=forms.get(name, "full")), {})
+        return generate(art, list(prompt), 8, eos, weights=ck.weights)
+
+    free = {name: gen(name, None) for name in graphs}
+    assert len({tuple(v) for v in free.values()}) == 1
+    run = free["full"]
+    assert len(run) == 8
+    eos = run[2]
+    want = run[: run.index(eos) + 1]
+    assert len(want) < 8
+    for name in graphs:
+        assert gen(name, eos) == want, name
+    # a batch where one sequence stops and the other runs on: block attention graphs agree
+    prompts = [[1, 17, 42, 9], [3, 4]]
+    before = Generator(graphs["inference"], ck.weights)
+    after = Generator(graphs["ascend910b"], ck.weights)
+    both = before.generate(prompts, 8, eos)
+    assert both == after.generate(prompts, 8, eos)
+    assert both[0] == want
+    other = before.generate([prompts[1]], 8)[0]
+    assert both[1] == (other[: other.index(eos) + 1] if eos in other else other)
