@@ -7,6 +7,8 @@ broadcast to [1, 1, n, n], where `i = seq_index(x){axis}` is 0..n-1 and n is pro
 sequence dim of both q and k (the same int, or the same named symbol); optionally plus an
 additive bias (ALiBi), which becomes the op's bias. A mask built from position ids is not
 matched: it equals the causal mask only when the ids increase along each row.
+The scale must be one finite, non-zero value (the op reads scale 0 as 1/sqrt(d)), and
+neither it nor the mask may broadcast the scores to another shape.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from llmc.compiler.ir import Graph, Value
 from llmc.compiler.passmanager import Pass, PassContext, register_pass
 from llmc.compiler.rewrite import P, apply_rules, rule
 
-from .fuse_common import const_scalar, count, num_layers
+from .fuse_common import const_scalar, const_size1, count, known_equal, known_shape, num_layers
 
 BSHD = {"perm": (0, 2, 1, 3)}
 ATTN = P(
@@ -37,8 +39,10 @@ ATTN = P(
                         attrs={"transpose_a": False, "transpose_b": True},
                     ),
                     P("constant", name="scale"),
+                    name="scaled",
                 ),
                 P.var("mask"),
+                name="masked",
             ),
             name="sm",
         ),
@@ -49,9 +53,13 @@ ATTN = P(
 )
 
 
-def unrepeat(v: Value) -> Value | None:
-    """The [batch, seq, kv_heads, d] tensor behind `transpose` (→ HF repeat_kv), or None."""
-    op = v.producer
+def unrepeat(v: Value, b, hq: int, n) -> Value | None:
+    """The [b, n, kv_heads, d] tensor behind `v` = transpose (→ HF repeat_kv), or None.
+
+    `v` must provably be [b, hq, n, d]: either the transpose itself (then kv_heads = hq) or
+    reshape(concat(unsqueeze(transpose, [2]) × hq/kv_heads copies, axis 2), [0, hq, -1, d]),
+    which repeats each kv head hq/kv_heads times in a row, as the attention op reads them."""
+    op, copies, target = v.producer, 1, None
     if op is not None and op.kind == "reshape":
         cat = op.inputs[0].producer
         if (
@@ -64,18 +72,21 @@ def unrepeat(v: Value) -> Value | None:
         un = cat.inputs[0].producer
         if un is None or un.kind != "unsqueeze" or un.attrs["axes"] != (2,):
             return None
-        shape = op.attrs["shape"]
-        if len(shape) != 4 or shape[0] != 0 or shape[2] != -1:
-            return None
+        copies, target = len(cat.inputs), tuple(op.attrs["shape"])
         op = un.inputs[0].producer
     if op is None or op.kind != "transpose" or op.attrs["perm"] != BSHD["perm"]:
         return None
-    return op.inputs[0]
-
-
-def known_equal(a, b) -> bool:
-    """Two dims provably equal: the same int or the same named symbol (not "?")."""
-    return a == b and a != "?"
+    k = op.inputs[0]
+    if k.type.rank != 4 or v.type.rank != 4:
+        return None
+    kb, kn, hk, d = k.type.shape
+    if not (isinstance(hk, int) and hk * copies == hq):
+        return None
+    if target is not None and target != (0, hq, -1, d):
+        return None
+    if not (known_equal(kb, b) and known_equal(kn, n) and known_shape(v.type.shape, (b, hq, n, d))):
+        return None
+    return k
 
 
 def is_causal_mask(v: Value, n) -> bool:
@@ -126,26 +137,30 @@ def split_mask(mask: Value, n) -> tuple[bool, Value | None]:
     return False, None
 
 
-@rule(
-    ATTN,
-    check=lambda m: (
-        m["sm"].attrs["axis"] in (-1, 3) and const_scalar(m["scale"].output) is not None
-    ),
-)
-def attention(rw, q, kr, scale, mask, sm, vr):
-    k, v = unrepeat(kr), unrepeat(vr)
-    if k is None or v is None or q.type.rank != 4 or k.type.rank != 4:
+def scale_of(c) -> float | None:
+    """The scale a constant multiplies the [b, h, n, n] scores by, or None. The attention
+    op reads scale 0 as 1/sqrt(head_dim), so a zero (or non-finite) scale is not matched."""
+    s = const_size1(c.output, 4)
+    return s if s is not None and s != 0.0 and math.isfinite(s) else None
+
+
+@rule(ATTN, check=lambda m: m["sm"].attrs["axis"] in (-1, 3) and scale_of(m["scale"]) is not None)
+def attention(rw, q, kr, scale, scaled, mask, masked, sm, vr):
+    if q.type.rank != 4:
         return None
-    n = q.type.shape[1]
+    b, n, hq, _ = q.type.shape
+    if not isinstance(hq, int):
+        return None
+    k, v = unrepeat(kr, b, hq, n), unrepeat(vr, b, hq, n)
+    if k is None or v is None:
+        return None
+    scores = scaled.inputs[0].type
+    if not scaled.output.type == masked.output.type == sm.output.type == scores:
+        return None  # the scale or the mask broadcast the scores to another shape or dtype
     causal, bias = split_mask(mask, n)
-    if not causal or not known_equal(k.type.shape[1], n):
+    if not causal:
         return None
-    hq, hk = q.type.shape[2], k.type.shape[2]
-    if not (isinstance(hq, int) and isinstance(hk, int) and hq % hk == 0) or v.type.shape[2] != hk:
-        return None
-    if kr.type.shape[1] != hq or vr.type.shape[1] != hq:
-        return None
-    return rw.op("attention", q, k, v, bias, causal=True, scale=const_scalar(scale.output))
+    return rw.op("attention", q, k, v, bias, causal=True, scale=scale_of(scale))
 
 
 @register_pass

@@ -36,9 +36,34 @@ def const_scalar(v: Value) -> float | None:
     return float(arr.flat[0])
 
 
+def const_size1(v: Value, max_rank: int) -> float | None:
+    """The value of a one-element constant of rank <= `max_rank` (so that broadcasting it
+    against a rank-`max_rank` tensor leaves that tensor's shape alone), or None."""
+    arr = const_array(v)
+    if arr is None or arr.size != 1 or arr.ndim > max_rank:
+        return None
+    return float(arr.flat[0])
+
+
+def known_equal(a, b) -> bool:
+    """Two dims provably equal: the same int or the same named symbol (never "?")."""
+    return a == b and a != "?"
+
+
+def known_shape(shape, want) -> bool:
+    """`shape` provably equals `want`, dim by dim (see known_equal)."""
+    return len(shape) == len(want) and all(known_equal(a, b) for a, b in zip(shape, want))
+
+
 def users_after(v: Value, op: Op, ignore: set[Op]) -> bool:
     """True when every user of `v` outside `ignore` comes after `op` in program order."""
     return all(u in ignore or u.seq > op.seq for u in v.users)
+
+
+def all_users_after(vs, op: Op, ignore: set[Op]) -> bool:
+    """users_after for each value of `vs`: a fused op placed before `op` that takes over
+    these values still defines them before every remaining use."""
+    return all(users_after(v, op, ignore) for v in vs)
 
 
 def plain_linear(op: Op) -> bool:

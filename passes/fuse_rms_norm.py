@@ -9,7 +9,7 @@ from llmc.compiler.ir import Graph, Value
 from llmc.compiler.passmanager import Pass, PassContext, register_pass
 from llmc.compiler.rewrite import P, Rule, apply_rules
 
-from .fuse_common import const_scalar, count, num_layers, users_after
+from .fuse_common import const_size1, count, known_shape, num_layers, users_after
 
 x = P.var("x")
 NORM = P(
@@ -32,19 +32,26 @@ NORM = P(
 )
 
 
+def _eps(m) -> float | None:
+    """eps: one value whose rank is at most the mean's, so adding it keeps the mean's shape."""
+    return const_size1(m["eps"].output, m["mean"].output.type.rank)
+
+
 def _check(m) -> bool:
     xv: Value = m["x"]
     axes = m["mean"].attrs["axes"]
     return (
         xv.type.dtype.is_float
+        and xv.type.rank >= 1
         and axes in ((-1,), (xv.type.rank - 1,))
-        and const_scalar(m["eps"].output) is not None
-        and m["w"].type.rank == 1
+        and _eps(m) is not None
+        and known_shape(m["w"].type.shape, (xv.type.shape[-1],))
+        and m["inner"].output.type == m["root"].output.type == xv.type
     )
 
 
 def _fuse(rw, x, w, eps, sq, mean, inner, root, residual: bool):
-    epsilon = const_scalar(eps.output)
+    epsilon = _eps({"eps": eps, "mean": mean})
     add = x.producer
     if (
         residual

@@ -11,7 +11,7 @@ from llmc.compiler.ir import DType, Graph, Value
 from llmc.compiler.passmanager import Pass, PassContext, register_pass
 from llmc.compiler.rewrite import P, apply_rules, rule
 
-from .fuse_common import const_array, const_scalar, count, num_layers
+from .fuse_common import const_array, const_size1, count, known_equal, num_layers
 
 x, f = P.var("x"), P.var("f")
 
@@ -19,7 +19,7 @@ x, f = P.var("x"), P.var("f")
 def _table(fn: str) -> P:
     return P(
         "unsqueeze",
-        P(fn, P("concat", f, f, attrs={"axis": lambda a: a in (-1, 1, 2)})),
+        P(fn, P("concat", f, f, name=f"{fn}_cat")),
         attrs={"axes": (2,)},
     )
 
@@ -37,6 +37,7 @@ ROPE = P(
         ),
         _table("sin"),
     ),
+    name="root",
 )
 
 
@@ -58,7 +59,7 @@ def trace_freqs(f: Value) -> tuple[Value, float, float] | None:
             continue
         pos, factor = un.inputs[0], 1.0
         if pos.producer is not None and pos.producer.kind == "div":
-            factor = const_scalar(pos.producer.inputs[1])
+            factor = const_size1(pos.producer.inputs[1], pos.type.rank)
             pos = pos.producer.inputs[0]
         cast = pos.producer
         if (
@@ -87,10 +88,21 @@ def theta_of(inv_freq: np.ndarray) -> float | None:
     return None
 
 
+def _last_axis(cat) -> bool:
+    """The cos/sin table's concat joins the two frequency halves along the last axis."""
+    return cat.attrs["axis"] in (-1, cat.output.type.rank - 1)
+
+
 def _check(m) -> bool:
     d = m["x"].type.shape[-1]
     if m["x"].type.rank != 4 or not isinstance(d, int) or d % 2:
         return False
+    if not (
+        _last_axis(m["cos_cat"])
+        and _last_axis(m["sin_cat"])
+        and m["root"].output.type == m["x"].type
+    ):
+        return False  # the tables would broadcast x to another shape
     hi, lo, h = m["hi"].attrs, m["lo"].attrs, d // 2
     big = lambda e: e >= d
     return (
@@ -106,13 +118,24 @@ def _check(m) -> bool:
     )
 
 
+def _positions_fit(pos: Value, x: Value) -> bool:
+    """pos is [seq] or [batch or 1, seq] for x [batch, seq, heads, d], provably."""
+    b, n = x.type.shape[:2]
+    if pos.type.rank == 1:
+        return known_equal(pos.type.shape[0], n)
+    if pos.type.rank == 2:
+        pb, pn = pos.type.shape
+        return known_equal(pn, n) and (pb == 1 or known_equal(pb, b))
+    return False
+
+
 @rule(ROPE, check=_check)
-def rope(rw, x, f, hi, lo):
+def rope(rw, x, f, hi, lo, root, cos_cat, sin_cat):
     traced = trace_freqs(f)
     if traced is None:
         return None
     pos, theta, factor = traced
-    if pos.type.rank not in (1, 2):
+    if not _positions_fit(pos, x):
         return None
     return rw.op("rope", x, pos, theta=theta, scaling_factor=factor)
 

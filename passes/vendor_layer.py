@@ -19,7 +19,7 @@ from llmc.compiler.ops.fused import ATTN_ATTRS, FLAG_BEGIN, FLAG_END, FLAG_MIDDL
 from llmc.compiler.passmanager import Pass, PassContext, register_pass
 from llmc.compiler.rewrite import erase_dead
 
-from .fuse_common import count, num_layers
+from .fuse_common import all_users_after, count, num_layers
 
 
 @dataclass
@@ -171,8 +171,11 @@ def fuse(
     results: list[Value],
     before: Op,
     ops: list[Op],
-) -> None:
-    """Replace a matched layer by one fused_blha_layer placed before `before`."""
+) -> bool:
+    """Replace a matched layer by one fused_blha_layer placed before `before`; False (and
+    nothing changed) when a use of a replaced result outside the layer comes before it."""
+    if not all_users_after(results, before, set(ops)):
+        return False
     bma = layer.anchor
     attrs = {k: bma.attrs[k] for k in ATTN_ATTRS}
     operands = [
@@ -194,6 +197,7 @@ def fuse(
     for old, new in zip(results, op.outputs):
         g.replace_all_uses(old, new)
     erase_dead(g, ops)
+    return True
 
 
 def _begin(g: Graph, layer: Layer) -> bool:
@@ -202,7 +206,7 @@ def _begin(g: Graph, layer: Layer) -> bool:
         return False
     if any(u not in set(layer.ops) for u in layer.x.users):
         return False
-    fuse(
+    return fuse(
         g,
         layer,
         FLAG_BEGIN,
@@ -213,7 +217,6 @@ def _begin(g: Graph, layer: Layer) -> bool:
         layer.ops[-1],
         layer.ops + [emb],
     )
-    return True
 
 
 def _end(g: Graph, layer: Layer) -> bool:
@@ -233,7 +236,7 @@ def _end(g: Graph, layer: Layer) -> bool:
     _, cum, dec, enc, max_len = rebuild.inputs
     if cum is not bma.inputs[7] or dec is not bma.inputs[4] or enc is not bma.inputs[3]:
         return False
-    fuse(
+    return fuse(
         g,
         layer,
         FLAG_END,
@@ -244,13 +247,12 @@ def _end(g: Graph, layer: Layer) -> bool:
         rebuild,
         layer.ops + [add, rebuild],
     )
-    return True
 
 
 def _middle(g: Graph, layer: Layer) -> bool:
     if layer.residual is None:
         return False
-    fuse(
+    return fuse(
         g,
         layer,
         FLAG_MIDDLE,
@@ -261,7 +263,6 @@ def _middle(g: Graph, layer: Layer) -> bool:
         layer.ops[-1],
         layer.ops,
     )
-    return True
 
 
 class _LayerPass(Pass):

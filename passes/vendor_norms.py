@@ -3,7 +3,8 @@ fused helper op is decomposed into core ops that the layer fusions then absorb.
 
 - remove_residual_in_fused_bias_residual_layernorm: the norm-less residual-add mode → `add`.
 - remove_residual_in_rms_norm: `fused_rms_norm(x, w, residual)` → `add` + `rms_norm`.
-- remove_blha_get_max_len: `blha_get_max_len(enc, dec, bsz)` → `reduce_max` of each (≥ 0).
+- remove_blha_get_max_len: `blha_get_max_len(enc, dec, bsz)` → `reduce_max` of each (≥ 0),
+  when enc and dec provably have bsz's length (the op reads only the first len(bsz) entries).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from llmc.compiler.ir import DType, Graph
 from llmc.compiler.passmanager import Pass, PassContext, register_pass
 from llmc.compiler.rewrite import P, apply_rules, rule
 
-from .fuse_common import count, num_layers
+from .fuse_common import count, known_equal, num_layers
 
 x, res = P.var("x"), P.var("res")
 
@@ -42,7 +43,9 @@ def _max_len(rw, lens):
 @rule(
     P("blha_get_max_len", P.var("enc"), P.var("dec"), P.var("bsz")),
     check=lambda m: (
-        m["enc"].type.shape[0] == m["dec"].type.shape[0] == m["bsz"].type.shape[0]
+        m["enc"].type.rank == m["dec"].type.rank == m["bsz"].type.rank == 1
+        and known_equal(m["enc"].type.shape[0], m["bsz"].type.shape[0])
+        and known_equal(m["dec"].type.shape[0], m["bsz"].type.shape[0])
         and m["enc"].type.dtype is m["dec"].type.dtype is DType.i32
     ),
 )

@@ -1,6 +1,8 @@
 """Per-op fusion passes on real built full-form graphs of every architecture:
 match counts equal the model's prediction and outputs are unchanged."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from golden import check_pass_numerics
@@ -203,3 +205,57 @@ def test_lm_head_slice_on_a_generation_graph():
     )
     lm = [op for op in after.ops if op.kind == "linear" and op.output in after.outputs]
     assert lm and lm[0].output.type.shape[1] == 1
+
+
+# ---- graphs the fusions must leave alone (review counter-examples) --------------------
+FILECHECK = Path(__file__).parent / "filecheck"
+
+
+def filecheck_case(file: str, name: str) -> str:
+    """The graph of one `// -----` case of a FileCheck golden file, by its name."""
+    for case in (FILECHECK / file).read_text().split("// -----\n"):
+        body = "\n".join(l for l in case.splitlines() if not l.startswith("//")).strip()
+        if body.startswith(f"graph @{name}("):
+            return body + "\n"
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize(
+    "file, name, pipeline, anchor",
+    [
+        ("fusion/fuse_attention.llmc", "zero_scale", "fuse_attention", "softmax"),
+        ("fusion/fuse_attention.llmc", "gqa_wrong_copies", "fuse_attention", "softmax"),
+        ("fusion/fuse_rms_norm.llmc", "eps_broadcasts", "fuse_rms_norm", "rsqrt"),
+        ("fusion/fuse_rms_norm.llmc", "weight_broadcasts", "fuse_rms_norm", "rsqrt"),
+        ("fusion/fuse_rope.llmc", "positions_broadcast_seq", "fuse_rope", "neg"),
+        ("fusion/fuse_rope.llmc", "positions_broadcast_batch", "fuse_rope", "neg"),
+    ],
+)
+def test_fusion_leaves_a_lookalike_alone(file, name, pipeline, anchor):
+    after = check_pass_numerics(filecheck_case(file, name), pipeline, {"batch": 2, "seq": 3})
+    assert after.op_counts().get(anchor, 0) == 1
+
+
+def test_attention_keeps_an_explicit_scale():
+    """A non-default scale constant becomes the op's scale (0 alone is refused)."""
+    g = filecheck_case("fusion/fuse_attention.llmc", "zero_scale").replace(
+        "%52 = constant() {value = [0.0]}", "%52 = constant() {value = [0.25]}"
+    )
+    after = check_pass_numerics(g, "fuse_attention,dce", {"batch": 2, "seq": 3})
+    assert [op.attrs["scale"] for op in after.ops if op.kind == "attention"] == [0.25]
+
+
+def test_remove_blha_get_max_len_needs_provably_equal_lengths():
+    """enc/dec longer than bsz: the op reads the first len(bsz) entries only."""
+    from llmc.compiler.text import parse
+    from llmc.runtime.reference import run
+
+    g = parse(filecheck_case("vendor/remove_blha_get_max_len.llmc", "unknown_lengths"))
+    ins = {
+        "enc": np.array([1, 9], np.int32),
+        "dec": np.array([2, 9], np.int32),
+        "bsz": np.array([1], np.int32),
+    }
+    want = run(g, ins)
+    assert api.run_pipeline(g, "remove_blha_get_max_len")[0].matched == 0
+    assert [int(a[0]) for a in run(g, ins)] == [int(a[0]) for a in want] == [1, 2]
