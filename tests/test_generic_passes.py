@@ -26,7 +26,9 @@ def test_llama_graph_numerics_preserved(pipeline):
     assert len(after) <= len(g)
 
 
-@pytest.mark.parametrize("text", list(ir_cases()))
+# The vendor cases are inference-form graphs whose inputs (block tables, sequence lengths)
+# must be consistent, which random draws are not; their numerics live in test_fusion_passes.
+@pytest.mark.parametrize("text", list(ir_cases(("generic", "fusion"))))
 @pytest.mark.parametrize("pipeline", ["dce", "cse", "canonicalize", "constant_fold"])
 def test_filecheck_cases_numerics_preserved(text, pipeline):
     g = parse(text)

@@ -16,8 +16,9 @@ FILECHECK_DIR = Path(__file__).parent / "filecheck"
 LLMC = [sys.executable, "-m", "llmc.cli"]
 
 
-def ir_cases():
-    for path in sorted(FILECHECK_DIR.rglob("*.llmc")):
+def ir_cases(areas: tuple[str, ...] = ("generic", "fusion", "vendor")):
+    """Every IR case of the FileCheck files in `areas` (subfolders of tests/filecheck)."""
+    for path in sorted(p for a in areas for p in (FILECHECK_DIR / a).rglob("*.llmc")):
         for start, chunk in split_cases(path.read_text()):
             body = "\n".join(ln for ln in chunk.splitlines() if ln.strip() and not ln.lstrip().startswith("//"))
             if body:
