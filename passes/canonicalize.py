@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 
 from llmc.compiler.ir import Graph, Value
 from llmc.compiler.passmanager import Pass, PassContext, register_pass
