@@ -343,6 +343,16 @@ class Graph:
                 self._names.add(v.name)
         return op
 
+    def is_dead(self, op: Op) -> bool:
+        """No result of `op` is used by another op or is a graph output."""
+        return all(not v.users and v not in self.outputs for v in op.outputs)
+
+    def single_user(self, v: Value) -> Op | None:
+        """The only op using `v`, or None if `v` has several users or is a graph output."""
+        if len(v.users) != 1 or v in self.outputs:
+            return None
+        return next(iter(v.users))
+
     def erase(self, op: Op) -> None:
         """Remove `op`; its results must have no remaining users."""
         for v in op.outputs:

@@ -60,7 +60,7 @@ class P:
             return False
         if self.out is not None and (len(op.outputs) <= self.out or op.outputs[self.out] is not v):
             return False
-        if self.one_use and (len(v.users) > 1 or v in op.graph.outputs):
+        if self.one_use and (len(v.users) > 1 or v in op.graph.outputs):  # 0 users: a root
             return False
         for k, want in self.attrs.items():
             have = op.attrs.get(k)
@@ -191,7 +191,7 @@ def erase_dead(g: Graph, candidates: Iterable[Op]) -> int:
     while changed:
         changed = False
         for op in list(cand):
-            if op.graph is g and all(not v.users and v not in g.outputs for v in op.outputs):
+            if op.graph is g and g.is_dead(op):
                 g.erase(op)
                 cand.discard(op)
                 n += 1
