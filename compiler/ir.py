@@ -171,14 +171,6 @@ class Op:
             raise ValueError(f"op '{self.kind}' has {len(self.outputs)} results")
         return self.outputs[0]
 
-    def set_input(self, i: int, v: Value) -> None:
-        old = self.inputs[i]
-        self.inputs[i] = v
-        if self.graph is not None:
-            if old not in self.inputs:
-                old.users.pop(self, None)
-            v.users[self] = None
-
     def __repr__(self) -> str:
         from .text import print_op
 
@@ -417,9 +409,3 @@ class Graph:
         for op in self._ops:
             counts[op.kind] = counts.get(op.kind, 0) + 1
         return counts
-
-    def clone(self) -> "Graph":
-        """A deep copy (values and ops are new objects; names are kept)."""
-        from .text import parse, print_graph
-
-        return parse(print_graph(self))

@@ -85,14 +85,14 @@ class P:
             return False
         if not pats:
             return True
+        if len(pats) != 2 or "commutative" not in get_op(op.kind).traits:
+            return all(p.match(v, m) for p, v in zip(pats, ins))
         snapshot = {k: list(v) if k == "@ops" else v for k, v in m.items()}
-        if all(p.match(v, m) for p, v in zip(pats, ins)):
+        if pats[0].match(ins[0], m) and pats[1].match(ins[1], m):
             return True
-        if len(pats) == 2 and "commutative" in get_op(op.kind).traits:
-            m.clear()
-            m.update(snapshot)
-            return pats[0].match(ins[1], m) and pats[1].match(ins[0], m)
-        return False
+        m.clear()
+        m.update(snapshot)
+        return pats[0].match(ins[1], m) and pats[1].match(ins[0], m)
 
     @staticmethod
     def _bind(m: dict[str, Any], name: str | None, obj) -> bool:

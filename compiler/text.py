@@ -251,7 +251,7 @@ class _Builder:
                            f"{len(results)} given", results[0])
         outs = []
         for tok, declared, inf in zip(results, types, inferred):
-            if not _compatible(declared, inf):
+            if not types_compatible(declared, inf):
                 raise self.err(f"type mismatch for {tok}: declared {declared} but "
                                f"'{optok}' infers {inf}", tok)
             self.define(tok)
@@ -304,10 +304,6 @@ class _Builder:
             else:
                 shape.append("?")
         return TensorType(DType(str(dt)), tuple(shape))
-
-
-def _compatible(declared: TensorType, inferred: TensorType) -> bool:
-    return types_compatible(declared, inferred)
 
 
 def parse_file(path: str | Path) -> Graph:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from .errors import VerifyError
-from .ir import Graph, Value
+from .ir import Graph, Value, types_compatible
 from .ops import get_op
 from .ops.registry import OpError
-from .text import _compatible, print_op
+from .text import print_op
 
 
 def verify(g: Graph) -> None:
@@ -52,7 +52,7 @@ def verify(g: Graph) -> None:
         for v, t in zip(op.outputs, inferred):
             if v.producer is not op:
                 raise VerifyError(f"{v.ref} does not point back to its producer {where}")
-            if not _compatible(v.type, t):
+            if not types_compatible(v.type, t):
                 raise VerifyError(f"{v.ref} has type {v.type} but '{op.kind}' infers {t} {where}")
             define(v, where)
     for v in g.outputs:

@@ -104,13 +104,10 @@ def open_model(model_dir: str | Path, allow_pickle: bool = False):
 
 
 def build_model_graph(ckpt, form: str = "full") -> Graph:
-    """The `full` or `inference` graph of an opened checkpoint (params unbacked)."""
-    from llmc.frontends.llama import build_full, build_inference
+    """The `full` (every position's logits) or `inference` graph of an opened checkpoint."""
+    from llmc.compile import build_graph
 
-    builders = {"full": build_full, "inference": build_inference}
-    if form not in builders:
-        raise LlmcError(f"--form must be 'full' or 'inference', got '{form}'")
-    return builders[form](ckpt.config, ckpt.naming)
+    return build_graph(ckpt.config, ckpt.naming, form, last_token_only=False)
 
 
 def param_shapes(g: Graph) -> dict[str, tuple]:

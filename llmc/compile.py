@@ -26,7 +26,6 @@ from llmc.compiler.passmanager import Instruments, PassContext, PassRecord
 from llmc.compiler.text import print_graph
 from llmc.compiler.verifier import verify
 
-FORMS = ("inference", "full")
 I64_MAX = 2**63 - 1
 
 
@@ -43,26 +42,22 @@ class Compiled:
     log: list[str]
 
 
-def build_graph(cfg, naming, form: str) -> Graph:
-    """The graph of `form`; a full-form generation graph returns the last token's logits."""
+def build_graph(cfg, naming, form: str, last_token_only: bool = True) -> Graph:
+    """The graph of `form` ('full' or 'inference'). A full-form graph built for generation
+    (`last_token_only`) returns the last token's logits, like the inference form."""
     from llmc.compiler.builder import make_op
     from llmc.frontends.llama import build_full, build_inference
 
     if form == "inference":
         return build_inference(cfg, naming)
     if form != "full":
-        raise LlmcError(f"unknown graph form '{form}'; known forms: {', '.join(FORMS)}")
+        raise LlmcError(f"--form must be 'full' or 'inference', got '{form}'")
     g = build_full(cfg, naming)
-    logits = g.outputs[0]
-    sl = make_op(
-        g,
-        "slice",
-        [logits],
-        {"axes": (1,), "starts": (-1,), "ends": (I64_MAX,)},
-        name="last_logits",
-    )
-    g.append(sl)
-    g.outputs[0] = sl.output
+    if last_token_only:
+        sl = make_op(g, "slice", [g.outputs[0]],
+                     {"axes": (1,), "starts": (-1,), "ends": (I64_MAX,)}, name="last_logits")
+        g.append(sl)
+        g.outputs[0] = sl.output
     return g
 
 
@@ -305,8 +300,7 @@ def generate(
     """Greedy new tokens for one prompt, on the reference interpreter (any target's artifact)."""
     import numpy as np
 
-    from llmc.runtime.generate import Generator
-    from llmc.runtime.reference import run
+    from llmc.runtime.generate import Generator, full_logits
 
     check_prompt(art.report.get("config", {}), prompt_ids, max_new_tokens)
     w = weights if weights is not None else art.weights()
@@ -314,10 +308,7 @@ def generate(
         return Generator(art.graph, w).generate([prompt_ids], max_new_tokens, eos_token_id)[0]
     ids, out = list(prompt_ids), []
     for _ in range(max_new_tokens):
-        arr = np.asarray([ids], np.int64)
-        pos = np.arange(len(ids), dtype=np.int64)[None]
-        logits = run(art.graph, {"input_ids": arr, "position_ids": pos}, w)[0]
-        tok = int(np.argmax(logits[0, -1]))
+        tok = int(np.argmax(full_logits(art.graph, w, [ids])[0, -1]))
         out.append(tok)
         ids.append(tok)
         if tok == eos_token_id:

@@ -106,15 +106,11 @@ def _as_artifact(art, graph):
 
 def _prefill_error(reference: Graph, compiled: Graph, weights, ids: list[int], form: str) -> float:
     """Max |compiled - reference| / max |reference| over the first step's logits."""
-    from llmc.runtime.generate import Generator
+    from llmc.runtime.generate import Generator, full_logits
 
     if form == "inference":
         outs = [Generator(g, weights).prefill([ids], 1)[1] for g in (reference, compiled)]
     else:
-        from llmc.runtime.reference import run
-
-        x = {"input_ids": np.asarray([ids], np.int64),
-             "position_ids": np.arange(len(ids), dtype=np.int64)[None]}
-        outs = [run(g, x, weights)[0] for g in (reference, compiled)]
+        outs = [full_logits(g, weights, [ids]) for g in (reference, compiled)]
     want, got = (np.asarray(o, np.float64) for o in outs)
     return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))

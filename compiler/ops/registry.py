@@ -11,13 +11,25 @@ import numpy as np
 from ..errors import LlmcError
 from ..ir import DType, TensorType
 
-# Attribute kinds accepted in schemas. `ints`/`floats` are tuples.
-ATTR_KINDS = ("int", "float", "bool", "str", "ints", "floats", "dtype")
 REQUIRED = object()
 
 
 class OpError(LlmcError):
     """A schema or type-inference error for one op."""
+
+
+# Attribute kinds accepted in schemas (`ints`/`floats` are tuples) and their value checks.
+_KIND_CHECKS = {
+    "int": lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float, np.floating)) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "ints": lambda v: isinstance(v, (list, tuple))
+    and all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in v),
+    "floats": lambda v: isinstance(v, (list, tuple))
+    and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
+    "dtype": lambda v: isinstance(v, DType),
+}
 
 
 @dataclass(frozen=True)
@@ -30,17 +42,7 @@ class AttrSpec:
         k = self.kind
         if k == "dtype" and isinstance(value, str) and value in DType._value2member_map_:
             value = DType(value)
-        ok = {
-            "int": lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool),
-            "float": lambda v: isinstance(v, (int, float, np.floating)) and not isinstance(v, bool),
-            "bool": lambda v: isinstance(v, bool),
-            "str": lambda v: isinstance(v, str),
-            "ints": lambda v: isinstance(v, (list, tuple))
-            and all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in v),
-            "floats": lambda v: isinstance(v, (list, tuple))
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
-            "dtype": lambda v: isinstance(v, DType),
-        }[k]
+        ok = _KIND_CHECKS[k]
         if not ok(value):
             raise OpError(f"op '{op}': attribute '{name}' expects {k}, got {_describe(value)}")
         if k == "int":
