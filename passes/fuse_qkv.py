@@ -33,8 +33,8 @@ class FuseQkv(Pass):
     name = "fuse_qkv"
 
     def run(self, g: Graph, ctx: PassContext) -> int:
-        groups = sibling_groups(g, 3)
-        for lins in groups:
+        n = 0
+        for lins in sibling_groups(g, 3):
             sizes = [o.output.type.shape[-1] for o in lins]
             if not all(isinstance(s, int) for s in sizes):
                 continue
@@ -44,8 +44,9 @@ class FuseQkv(Pass):
             for old, new in zip(lins, split.outputs):
                 g.replace_all_uses(old.output, new)
                 g.erase(old)
+            n += 1
         g.renumber()
-        return len(groups)
+        return n
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
         n = num_layers(ctx)

@@ -259,3 +259,29 @@ def test_remove_blha_get_max_len_needs_provably_equal_lengths():
     want = run(g, ins)
     assert api.run_pipeline(g, "remove_blha_get_max_len")[0].matched == 0
     assert [int(a[0]) for a in run(g, ins)] == [int(a[0]) for a in want] == [1, 2]
+
+
+def test_fuse_qkv_counts_only_the_groups_it_fuses():
+    """A group whose output sizes are not all known is left alone and not counted."""
+    from llmc.compiler.text import parse
+
+    g = parse(
+        """graph @g(%x: f32[2, 8], %y: f32[2, 8]) {
+  param @wq: f32[n, 8]
+  param @wk: f32[4, 8]
+  param @wv: f32[4, 8]
+  param @aq: f32[8, 8]
+  param @ak: f32[4, 8]
+  param @av: f32[4, 8]
+  %q = linear(%x, @wq) : f32[2, n]
+  %k = linear(%x, @wk) : f32[2, 4]
+  %v = linear(%x, @wv) : f32[2, 4]
+  %q2 = linear(%y, @aq) : f32[2, 8]
+  %k2 = linear(%y, @ak) : f32[2, 4]
+  %v2 = linear(%y, @av) : f32[2, 4]
+  return %q, %k, %v, %q2, %k2, %v2
+}
+"""
+    )
+    assert api.run_pipeline(g, "fuse_qkv")[0].matched == 1
+    assert g.op_counts() == {"linear": 4, "concat": 1, "split": 1}
