@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 
-from llmc.compiler.ir import Graph, Value
-from llmc.compiler.passmanager import Pass, PassContext, register_pass
-from llmc.compiler.rewrite import P, Rule, apply_rules, rule
+from llmc.compiler.ir import Value
+from llmc.compiler.passmanager import register_pass
+from llmc.compiler.rewrite import P, Rule, rule
+
+from .fuse_common import RulePass
 
 x = P.var("x")
 
@@ -86,17 +88,15 @@ def neg_neg(rw, x):
     return x
 
 
-CANONICAL_RULES: list[Rule] = [
+CANONICAL_RULES: tuple[Rule, ...] = (
     reshape_reshape, reshape_identity, transpose_transpose, transpose_identity,
     add_zero, sub_zero, mul_one, cast_identity, neg_neg,
-]
+)
 
 
 @register_pass
-class Canonicalize(Pass):
+class Canonicalize(RulePass):
     """Remove algebraic no-ops (add 0, mul 1, identity cast/reshape/transpose) and compose layout chains."""
 
     name = "canonicalize"
-
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        return apply_rules(g, CANONICAL_RULES)
+    rules = CANONICAL_RULES

@@ -16,10 +16,17 @@ from __future__ import annotations
 import math
 
 from llmc.compiler.ir import Graph, Value
-from llmc.compiler.passmanager import Pass, PassContext, register_pass
-from llmc.compiler.rewrite import P, apply_rules, rule
+from llmc.compiler.passmanager import PassContext, register_pass
+from llmc.compiler.rewrite import P, rule
 
-from .fuse_common import const_scalar, const_size1, count, known_equal, known_shape, num_layers
+from .fuse_common import (
+    RulePass,
+    const_scalar,
+    const_size1,
+    known_equal,
+    known_shape,
+    per_layer_or_count,
+)
 
 BSHD = {"perm": (0, 2, 1, 3)}
 ATTN = P(
@@ -164,14 +171,11 @@ def attention(rw, q, kr, scale, scaled, mask, masked, sm, vr):
 
 
 @register_pass
-class FuseAttention(Pass):
+class FuseAttention(RulePass):
     """Decomposed causal SDPA/GQA (optionally with an ALiBi bias) → attention."""
 
     name = "fuse_attention"
-
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        return apply_rules(g, [attention])
+    rules = (attention,)
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        n = num_layers(ctx)
-        return n if n is not None else count(g, "softmax")
+        return per_layer_or_count(ctx, g, "softmax")

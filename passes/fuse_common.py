@@ -1,10 +1,23 @@
-"""Helpers shared by the fusion passes: model facts, constants, sibling linears."""
+"""Helpers shared by the rewrite passes: the rule-driven pass base, model facts,
+constants, sibling linears."""
 
 from __future__ import annotations
 
+from typing import Callable, ClassVar
+
 import numpy as np
 from llmc.compiler.ir import Graph, Op, Value
-from llmc.compiler.passmanager import PassContext
+from llmc.compiler.passmanager import Pass, PassContext
+from llmc.compiler.rewrite import Rule, apply_rules
+
+
+class RulePass(Pass):
+    """A pass that applies its class's `rules` until none matches; returns the rewrites."""
+
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    def run(self, g: Graph, ctx: PassContext) -> int:
+        return apply_rules(g, list(self.rules))
 
 
 def num_layers(ctx: PassContext) -> int | None:
@@ -16,6 +29,15 @@ def num_layers(ctx: PassContext) -> int | None:
 def count(g: Graph, kind: str) -> int:
     """How many ops of `kind` the graph holds (an anchor count for expected matches)."""
     return g.op_counts().get(kind, 0)
+
+
+def per_layer_or_count(
+    ctx: PassContext, g: Graph, kind: str, per_layers: Callable[[int], int] = lambda n: n
+) -> int:
+    """Expected matches: `per_layers(num_layers)` when the context gives the layer count,
+    else how many `kind` ops (the pattern's anchor) the graph holds."""
+    n = num_layers(ctx)
+    return per_layers(n) if n is not None else count(g, kind)
 
 
 def const_array(v: Value) -> np.ndarray | None:

@@ -5,8 +5,10 @@ per token), so the vocabulary projection runs on one token per sequence."""
 from __future__ import annotations
 
 from llmc.compiler.ir import Graph
-from llmc.compiler.passmanager import Pass, PassContext, register_pass
-from llmc.compiler.rewrite import P, apply_rules, rule
+from llmc.compiler.passmanager import PassContext, register_pass
+from llmc.compiler.rewrite import P, rule
+
+from .fuse_common import RulePass
 
 LOGITS = P("slice", P("linear", P.var("x"), P.var("w"), name="lin", one_use=True), name="sl")
 NORMED = P(
@@ -74,13 +76,11 @@ def slice_before_lm_head(rw, x, w, lin, sl):
 
 
 @register_pass
-class FuseLmHeadSlice(Pass):
+class FuseLmHeadSlice(RulePass):
     """slice(linear(rms_norm(h), W)) on token axes → linear(rms_norm(slice(h)), W)."""
 
     name = "fuse_lm_head_slice"
-
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        return apply_rules(g, [slice_before_norm, slice_before_add_norm, slice_before_lm_head])
+    rules = (slice_before_norm, slice_before_add_norm, slice_before_lm_head)
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
         return sum(

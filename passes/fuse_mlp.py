@@ -4,10 +4,10 @@ linears → one linear on the concatenated [gate | up] weight and one-operand sw
 from __future__ import annotations
 
 from llmc.compiler.ir import Graph
-from llmc.compiler.passmanager import Pass, PassContext, register_pass
-from llmc.compiler.rewrite import P, apply_rules, rule
+from llmc.compiler.passmanager import PassContext, register_pass
+from llmc.compiler.rewrite import P, rule
 
-from .fuse_common import count, num_layers
+from .fuse_common import RulePass, num_layers, per_layer_or_count
 
 x = P.var("x")
 
@@ -38,27 +38,22 @@ def gate_up(rw, x, wg, wu, lg, lu):
 
 
 @register_pass
-class FuseSwiglu(Pass):
+class FuseSwiglu(RulePass):
     """mul(silu(gate), up) → swiglu(gate, up)."""
 
     name = "fuse_swiglu"
-
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        return apply_rules(g, [swiglu])
+    rules = (swiglu,)
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        n = num_layers(ctx)
-        return n if n is not None else count(g, "silu")
+        return per_layer_or_count(ctx, g, "silu")
 
 
 @register_pass
-class FuseGateUp(Pass):
+class FuseGateUp(RulePass):
     """swiglu(linear(x, Wg), linear(x, Wu)) → swiglu(linear(x, concat(Wg, Wu)))."""
 
     name = "fuse_gate_up"
-
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        return apply_rules(g, [gate_up])
+    rules = (gate_up,)
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
         n = num_layers(ctx)

@@ -9,7 +9,7 @@ from llmc.compiler.ir import Graph, Value
 from llmc.compiler.passmanager import Pass, PassContext, register_pass
 from llmc.compiler.rewrite import P, Rule, apply_rules
 
-from .fuse_common import const_size1, count, known_shape, num_layers, users_after
+from .fuse_common import const_size1, known_shape, per_layer_or_count, users_after
 
 x = P.var("x")
 NORM = P(
@@ -83,5 +83,4 @@ class FuseRmsNorm(Pass):
         )
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        n = num_layers(ctx)
-        return 2 * n + 1 if n is not None else count(g, "rsqrt")
+        return per_layer_or_count(ctx, g, "rsqrt", lambda n: 2 * n + 1)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 from llmc.compiler.ir import DType, Graph, Value
-from llmc.compiler.passmanager import Pass, PassContext, register_pass
-from llmc.compiler.rewrite import P, apply_rules, rule
+from llmc.compiler.passmanager import PassContext, register_pass
+from llmc.compiler.rewrite import P, rule
 
-from .fuse_common import const_array, const_size1, count, known_equal, num_layers
+from .fuse_common import RulePass, const_array, const_size1, known_equal, per_layer_or_count
 
 x, f = P.var("x"), P.var("f")
 
@@ -141,16 +141,12 @@ def rope(rw, x, f, hi, lo, root, cos_cat, sin_cat):
 
 
 @register_pass
-class FuseRope(Pass):
+class FuseRope(RulePass):
     """rotate_half rope on q/k with cos/sin tables from the position ids → rope."""
 
     name = "fuse_rope"
-
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        return apply_rules(g, [rope])
+    rules = (rope,)
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        n = num_layers(ctx)
-        if n is not None:
-            return 2 * n if ctx.model.get("position", "rope") == "rope" else 0
-        return count(g, "neg")
+        rope_layers = ctx.model.get("position", "rope") == "rope"
+        return per_layer_or_count(ctx, g, "neg", lambda n: 2 * n if rope_layers else 0)

@@ -6,10 +6,10 @@ projection → `lm_head`) and llama_fuse_get_padding_offset (the padding arithme
 from __future__ import annotations
 
 from llmc.compiler.ir import Graph
-from llmc.compiler.passmanager import Pass, PassContext, register_pass
-from llmc.compiler.rewrite import P, apply_rules, rule
+from llmc.compiler.passmanager import PassContext, register_pass
+from llmc.compiler.rewrite import P, rule
 
-from .fuse_common import count, num_layers
+from .fuse_common import RulePass, count, num_layers, per_layer_or_count
 
 x, w, nw, ids, lens = P.var("x"), P.var("w"), P.var("nw"), P.var("ids"), P.var("lens")
 NORM = P("rms_norm", x, nw, name="norm", one_use=True)
@@ -77,26 +77,22 @@ def _output_linears_on(g: Graph, kind: str) -> int:
 
 
 @register_pass
-class LlamaFuseLmHeadWithSlice(Pass):
+class LlamaFuseLmHeadWithSlice(RulePass):
     """linear(slice(rms_norm(x)), W) producing the logits → lm_head(slice(x), norm_w, W)."""
 
     name = "llama_fuse_lm_head_with_slice"
-
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        return apply_rules(g, [lm_head_with_slice])
+    rules = (lm_head_with_slice,)
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
         return _output_linears_on(g, "slice")
 
 
 @register_pass
-class LlamaFuseLmHead(Pass):
+class LlamaFuseLmHead(RulePass):
     """linear(rms_norm(x, norm_w), W) producing the logits → lm_head(x, norm_w, W)."""
 
     name = "llama_fuse_lm_head"
-
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        return apply_rules(g, [lm_head])
+    rules = (lm_head,)
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
         if num_layers(ctx) is not None:
@@ -105,13 +101,11 @@ class LlamaFuseLmHead(Pass):
 
 
 @register_pass
-class LlamaFuseGetPaddingOffset(Pass):
+class LlamaFuseGetPaddingOffset(RulePass):
     """cumsum(max_len - seq_lens), reduce_sum(seq_lens), get_padding_offset → remove_padding."""
 
     name = "llama_fuse_get_padding_offset"
-
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        return apply_rules(g, [remove_padding])
+    rules = (remove_padding,)
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        return 1 if num_layers(ctx) is not None else count(g, "get_padding_offset")
+        return per_layer_or_count(ctx, g, "get_padding_offset", lambda n: 1)

@@ -19,7 +19,7 @@ from llmc.compiler.ops.fused import ATTN_ATTRS, FLAG_BEGIN, FLAG_END, FLAG_MIDDL
 from llmc.compiler.passmanager import Pass, PassContext, register_pass
 from llmc.compiler.rewrite import erase_dead
 
-from .fuse_common import all_users_after, count, num_layers
+from .fuse_common import all_users_after, count, num_layers, per_layer_or_count
 
 
 @dataclass
@@ -286,7 +286,7 @@ class LlamaFuseAttentionLayerBegin(_LayerPass):
     variant = staticmethod(_begin)
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        return 1 if num_layers(ctx) or count(g, "block_multihead_attention") else 0
+        return 1 if per_layer_or_count(ctx, g, "block_multihead_attention") else 0
 
 
 @register_pass

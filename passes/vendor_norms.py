@@ -10,10 +10,10 @@ fused helper op is decomposed into core ops that the layer fusions then absorb.
 from __future__ import annotations
 
 from llmc.compiler.ir import DType, Graph
-from llmc.compiler.passmanager import Pass, PassContext, register_pass
-from llmc.compiler.rewrite import P, apply_rules, rule
+from llmc.compiler.passmanager import PassContext, register_pass
+from llmc.compiler.rewrite import P, rule
 
-from .fuse_common import count, known_equal, num_layers
+from .fuse_common import RulePass, known_equal, num_layers, per_layer_or_count
 
 x, res = P.var("x"), P.var("res")
 
@@ -54,26 +54,22 @@ def max_lens(rw, enc, dec, bsz):
 
 
 @register_pass
-class RemoveResidualInFusedBiasResidualLayernorm(Pass):
+class RemoveResidualInFusedBiasResidualLayernorm(RulePass):
     """fused_bias_residual_layernorm used as a plain residual add (no norm weight) → add."""
 
     name = "remove_residual_in_fused_bias_residual_layernorm"
-
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        return apply_rules(g, [plain_residual_add])
+    rules = (plain_residual_add,)
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        return 1 if num_layers(ctx) else count(g, "fused_bias_residual_layernorm")
+        return per_layer_or_count(ctx, g, "fused_bias_residual_layernorm", lambda n: 1)
 
 
 @register_pass
-class RemoveResidualInRmsNorm(Pass):
+class RemoveResidualInRmsNorm(RulePass):
     """fused_rms_norm(x, w, residual) → rms_norm(add(x, residual), w), the sum as residual_out."""
 
     name = "remove_residual_in_rms_norm"
-
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        return apply_rules(g, [split_residual])
+    rules = (split_residual,)
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
         n = num_layers(ctx)
@@ -83,13 +79,11 @@ class RemoveResidualInRmsNorm(Pass):
 
 
 @register_pass
-class RemoveBlhaGetMaxLen(Pass):
+class RemoveBlhaGetMaxLen(RulePass):
     """blha_get_max_len(enc, dec, bsz) → max(reduce_max(enc), 0), max(reduce_max(dec), 0)."""
 
     name = "remove_blha_get_max_len"
-
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        return apply_rules(g, [max_lens])
+    rules = (max_lens,)
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        return 1 if num_layers(ctx) else count(g, "blha_get_max_len")
+        return per_layer_or_count(ctx, g, "blha_get_max_len", lambda n: 1)
