@@ -13,10 +13,9 @@ class DeadCodeElimination(Pass):
     name = "dce"
 
     def run(self, g: Graph, ctx: PassContext) -> int:
-        live_outputs = set(g.outputs)
         n = 0
         for op in reversed(g.ops):
-            if all(not v.users and v not in live_outputs for v in op.outputs):
+            if g.is_dead(op):
                 g.erase(op)
                 n += 1
         return n

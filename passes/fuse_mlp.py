@@ -23,7 +23,7 @@ def _siblings(m) -> bool:
         lg.attrs["transpose_w"] == lu.attrs["transpose_w"]
         and lg.output.type == lu.output.type
         and m["wg"].type == m["wu"].type
-        and all(len(o.output.users) == 1 and o.output not in o.graph.outputs for o in (lg, lu))
+        and all(o.graph.single_user(o.output) is not None for o in (lg, lu))
     )
 
 

@@ -38,11 +38,9 @@ class Layer:
 
 
 def _only_user(v: Value, kind: str) -> Op | None:
-    users = list(v.users)
-    g = v.producer.graph if v.producer is not None else None
-    if len(users) != 1 or users[0].kind != kind or (g is not None and v in g.outputs):
-        return None
-    return users[0]
+    """The single user of the op result `v` when it is a `kind` op, else None."""
+    user = v.producer.graph.single_user(v)
+    return user if user is not None and user.kind == kind else None
 
 
 def _norm_in(n: Value, ops: list[Op]):
