@@ -35,6 +35,10 @@ class Layer:
     residual_out: Value
     anchor: Op
     ops: list[Op] = field(default_factory=list)
+    inside: set[Op] = field(init=False)  # `ops` as a set, for membership tests
+
+    def __post_init__(self) -> None:
+        self.inside = set(self.ops)
 
 
 def _only_user(v: Value, kind: str) -> Op | None:
@@ -202,7 +206,7 @@ def _begin(g: Graph, layer: Layer) -> bool:
     emb = layer.x.producer
     if layer.residual is not None or emb is None or emb.kind != "embedding":
         return False
-    if any(u not in set(layer.ops) for u in layer.x.users):
+    if any(u not in layer.inside for u in layer.x.users):
         return False
     return fuse(
         g,
@@ -218,7 +222,7 @@ def _begin(g: Graph, layer: Layer) -> bool:
 
 
 def _end(g: Graph, layer: Layer) -> bool:
-    outside = [u for u in layer.residual_out.users if u not in set(layer.ops)]
+    outside = [u for u in layer.residual_out.users if u not in layer.inside]
     if layer.residual is None or len(layer.out.users) != 1 or outside != list(layer.out.users):
         return False
     add = outside[0]
