@@ -96,39 +96,35 @@ def unrepeat(v: Value, b, hq: int, n) -> Value | None:
     return k
 
 
+SEQ_INDEX = P("seq_index", P.var(), name="idx")
+CAUSAL_MASK = P(
+    "unsqueeze",
+    P(
+        "where",
+        P(
+            "less",
+            P("unsqueeze", SEQ_INDEX, attrs={"axes": (1,)}),
+            P("unsqueeze", SEQ_INDEX, attrs={"axes": (0,)}),
+        ),
+        P.var("neg_inf"),
+        P.var("zero"),
+    ),
+    attrs={"axes": (0, 1)},
+)
+
+
 def is_causal_mask(v: Value, n) -> bool:
     """unsqueeze(where(less(unsqueeze(i, [1]), unsqueeze(i, [0])), -inf, 0), [0, 1])
-    with i = seq_index(x) of length n."""
-    un = v.producer
-    if un is None or un.kind != "unsqueeze" or un.attrs["axes"] != (0, 1):
+    with i = seq_index(x) of length n (both unsqueezes read the same i)."""
+    m: dict = {}
+    if not CAUSAL_MASK.match(v, m):
         return False
-    wh = un.inputs[0].producer
-    if wh is None or wh.kind != "where":
-        return False
-    lt = wh.inputs[0].producer
-    if (
-        lt is None
-        or lt.kind != "less"
-        or const_scalar(wh.inputs[1]) != -math.inf
-        or const_scalar(wh.inputs[2]) != 0.0
-    ):
-        return False
-    a, b = (x.producer for x in lt.inputs)
-    if not (
-        a is not None
-        and b is not None
-        and a.kind == b.kind == "unsqueeze"
-        and a.inputs[0] is b.inputs[0]
-        and a.attrs["axes"] == (1,)
-        and b.attrs["axes"] == (0,)
-    ):
-        return False
-    idx = a.inputs[0].producer
+    i = m["idx"].output
     return (
-        idx is not None
-        and idx.kind == "seq_index"
-        and idx.output.type.rank == 1
-        and known_equal(idx.output.type.shape[0], n)
+        const_scalar(m["neg_inf"]) == -math.inf
+        and const_scalar(m["zero"]) == 0.0
+        and i.type.rank == 1
+        and known_equal(i.type.shape[0], n)
     )
 
 
