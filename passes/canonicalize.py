@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-
 from llmc.compiler.ir import Value
 from llmc.compiler.passmanager import register_pass
 from llmc.compiler.rewrite import P, Rule, rule
 
-from .fuse_common import RulePass
+from .fuse_common import RulePass, const_scalar
 
 x = P.var("x")
 
 
-def constant_equals(v: Value, target: float) -> bool:
-    """True when `v` is a constant op whose every element equals `target`."""
-    op = v.producer
-    return (op is not None and op.kind == "constant"
-            and all(float(e) == target for e in op.attrs["value"]))
+def neutral(m, target: float) -> bool:
+    """The matched constant `c` holds only `target` (and at least one element), and the
+    op `a` applying it leaves x's type alone."""
+    return const_scalar(m["c"].output) == target and same_type(m["x"], m["a"].output)
 
 
 def same_type(a: Value, b: Value) -> bool:
@@ -40,8 +38,13 @@ def reshape_reshape(rw, x, inner, outer):
     return rw.op("reshape", x, shape=shape)
 
 
-@rule(P("reshape", x, name="r"), check=lambda m: same_type(m["x"], m["r"].outputs[0])
-      and (m["x"].type.is_static or all(d == 0 for d in m["r"].attrs["shape"])))
+@rule(
+    P("reshape", x, name="r"),
+    check=lambda m: (
+        same_type(m["x"], m["r"].outputs[0])
+        and (m["x"].type.is_static or all(d == 0 for d in m["r"].attrs["shape"]))
+    ),
+)
 def reshape_identity(rw, x, r):
     return x
 
@@ -55,26 +58,23 @@ def transpose_transpose(rw, x, inner, outer):
     return rw.op("transpose", x, perm=perm)
 
 
-@rule(P("transpose", x, name="t"), check=lambda m: list(m["t"].attrs["perm"]) == sorted(m["t"].attrs["perm"]))
+@rule(
+    P("transpose", x, name="t"),
+    check=lambda m: list(m["t"].attrs["perm"]) == sorted(m["t"].attrs["perm"]),
+)
 def transpose_identity(rw, x, t):
     return x
 
 
-@rule(P("add", x, P("constant", name="c"), name="a"),
-      check=lambda m: constant_equals(m["c"].outputs[0], 0.0) and same_type(m["x"], m["a"].outputs[0]))
-def add_zero(rw, x, c, a):
+@rule(P(("add", "sub"), x, P("constant", name="c"), name="a"), check=lambda m: neutral(m, 0.0))
+def add_sub_zero(rw, x, c, a):
+    """x + 0, 0 + x (add commutes), x - 0 → x; 0 - x stays."""
     return x
 
 
-@rule(P("sub", x, P("constant", name="c"), name="a"),
-      check=lambda m: constant_equals(m["c"].outputs[0], 0.0) and same_type(m["x"], m["a"].outputs[0]))
-def sub_zero(rw, x, c, a):
-    return x
-
-
-@rule(P(("mul", "div"), x, P("constant", name="c"), name="a"),
-      check=lambda m: constant_equals(m["c"].outputs[0], 1.0) and same_type(m["x"], m["a"].outputs[0]))
+@rule(P(("mul", "div"), x, P("constant", name="c"), name="a"), check=lambda m: neutral(m, 1.0))
 def mul_one(rw, x, c, a):
+    """x * 1, 1 * x (mul commutes), x / 1 → x; 1 / x stays."""
     return x
 
 
@@ -89,8 +89,14 @@ def neg_neg(rw, x):
 
 
 CANONICAL_RULES: tuple[Rule, ...] = (
-    reshape_reshape, reshape_identity, transpose_transpose, transpose_identity,
-    add_zero, sub_zero, mul_one, cast_identity, neg_neg,
+    reshape_reshape,
+    reshape_identity,
+    transpose_transpose,
+    transpose_identity,
+    add_sub_zero,
+    mul_one,
+    cast_identity,
+    neg_neg,
 )
 
 
