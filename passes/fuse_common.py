@@ -1,5 +1,5 @@
 """Helpers shared by the rewrite passes: the rule-driven pass base, model facts,
-constants, sibling linears."""
+constants, the weight layout of sibling linears."""
 
 from __future__ import annotations
 
@@ -88,22 +88,7 @@ def all_users_after(vs, op: Op, ignore: set[Op]) -> bool:
     return all(users_after(v, op, ignore) for v in vs)
 
 
-def plain_linear(op: Op) -> bool:
-    """A bias-free linear whose weight is a graph parameter."""
-    return op.kind == "linear" and len(op.inputs) == 2 and op.inputs[1].is_param
-
-
-def merge_linears(g: Graph, lins: list[Op]) -> Value:
-    """One linear on the concatenated weights of `lins` (same input, same layout).
-
-    The new ops go before the earliest of `lins`; returns the merged output.
-    """
-    from llmc.compiler.builder import make_op
-
-    tw = lins[0].attrs["transpose_w"]
-    first = min(lins, key=lambda o: o.seq)
-    ws = [o.inputs[1] for o in lins]
-    cat = make_op(g, "concat", ws, {"axis": 0 if tw else 1})
-    lin = make_op(g, "linear", [lins[0].inputs[0], cat.output], {"transpose_w": tw})
-    g.insert_before(first, [cat, lin])
-    return lin.output
+def weight_concat_axis(transpose_w: bool) -> int:
+    """The axis along which sibling linear weights concatenate so that their outputs
+    concatenate: the rows of a [out, in] weight (transpose_w), else the columns of [in, out]."""
+    return 0 if transpose_w else 1

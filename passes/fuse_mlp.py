@@ -7,7 +7,7 @@ from llmc.compiler.ir import Graph
 from llmc.compiler.passmanager import PassContext, register_pass
 from llmc.compiler.rewrite import P, rule
 
-from .fuse_common import RulePass, num_layers, per_layer_or_count
+from .fuse_common import RulePass, num_layers, per_layer_or_count, weight_concat_axis
 
 x = P.var("x")
 
@@ -33,7 +33,7 @@ def _siblings(m) -> bool:
 )
 def gate_up(rw, x, wg, wu, lg, lu):
     tw = lg.attrs["transpose_w"]
-    w = rw.op("concat", wg, wu, axis=0 if tw else 1)
+    w = rw.op("concat", wg, wu, axis=weight_concat_axis(tw))
     return rw.op("swiglu", rw.op("linear", x, w, transpose_w=tw))
 
 

@@ -4,10 +4,29 @@ one linear on the concatenated weights + split."""
 from __future__ import annotations
 
 from llmc.compiler.builder import make_op
-from llmc.compiler.ir import Graph
+from llmc.compiler.ir import Graph, Op, Value
 from llmc.compiler.passmanager import Pass, PassContext, register_pass
 
-from .fuse_common import merge_linears, num_layers, plain_linear
+from .fuse_common import num_layers, weight_concat_axis
+
+
+def plain_linear(op: Op) -> bool:
+    """A bias-free linear whose weight is a graph parameter."""
+    return op.kind == "linear" and len(op.inputs) == 2 and op.inputs[1].is_param
+
+
+def merge_linears(g: Graph, lins: list[Op]) -> Value:
+    """One linear on the concatenated weights of `lins` (same input, same layout).
+
+    The new ops go before the earliest of `lins`; returns the merged output.
+    """
+    tw = lins[0].attrs["transpose_w"]
+    first = min(lins, key=lambda o: o.seq)
+    ws = [o.inputs[1] for o in lins]
+    cat = make_op(g, "concat", ws, {"axis": weight_concat_axis(tw)})
+    lin = make_op(g, "linear", [lins[0].inputs[0], cat.output], {"transpose_w": tw})
+    g.insert_before(first, [cat, lin])
+    return lin.output
 
 
 def sibling_groups(g: Graph, size: int) -> list[list]:
