@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from llmc import api
-from llmc.cli import main
 from llmc.frontends import fixtures as F
 from llmc.frontends.weights import WeightStore
+from clitools import run_cli
 
 LLAMA2_13B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 5120,
               "num_hidden_layers": 40, "num_attention_heads": 40, "num_key_value_heads": 40,
               "intermediate_size": 13824, "vocab_size": 32000, "rms_norm_eps": 1e-5,
               "torch_dtype": "float16"}
 
-
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["llmc", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 @pytest.fixture(scope="module")
