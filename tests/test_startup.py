@@ -8,14 +8,15 @@ HEAVY = ("torch", "paddle", "onnxruntime", "transformers", "safetensors")
 PROBE = """
 import sys
 {body}
-print(",".join(sorted(m for m in {mods!r} if m in sys.modules)))
+print("\n" + ",".join(sorted(m for m in {mods!r} if m in sys.modules)))
 """
 
 
 def loaded(body: str, mods=HEAVY) -> list[str]:
     r = subprocess.run([sys.executable, "-c", PROBE.format(body=body, mods=mods)],
                        capture_output=True, text=True, check=True)
-    return [m for m in r.stdout.strip().split(",") if m]
+    last = r.stdout.rstrip("\n").rsplit("\n", 1)[-1]  # the probe prints last
+    return [m for m in last.split(",") if m]
 
 
 def test_cli_import_loads_no_framework_nor_numpy():
