@@ -8,14 +8,15 @@ HEAVY = ("torch", "paddle", "onnxruntime", "transformers", "safetensors")
 PROBE = """
 import sys
 {body}
-print("\n" + ",".join(sorted(m for m in {mods!r} if m in sys.modules)))
+print()
+print(",".join(sorted(m for m in {mods!r} if m in sys.modules)))
 """
 
 
 def loaded(body: str, mods=HEAVY) -> list[str]:
     r = subprocess.run([sys.executable, "-c", PROBE.format(body=body, mods=mods)],
                        capture_output=True, text=True, check=True)
-    last = r.stdout.rstrip("\n").rsplit("\n", 1)[-1]  # the probe prints last
+    last = r.stdout.split("\n")[-2]  # the probe's line is the last one printed
     return [m for m in last.split(",") if m]
 
 
