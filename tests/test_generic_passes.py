@@ -13,7 +13,8 @@ from llmc.compiler import PassError, parse, print_graph
 from llmc.compiler.errors import LlmcError
 from llmc.compiler.passmanager import Instruments, parse_pipeline
 from llmc.demo import llama_shaped_graph
-from test_text import ir_cases
+from hypothesis import HealthCheck, given, settings
+from test_text import graphs, ir_cases
 
 DIMS = {"batch": 2, "seq": 5}
 
@@ -137,3 +138,14 @@ def test_interpreter_error_names_the_op_line():
               "  %w = gather(%x, %z) : f32[2]\n  return %w\n}\n")
     with pytest.raises(ExecutionError, match=r"line 4: op `%w = gather\(%x, %z\)"):
         run(g, {"x": np.array([9.0, 16.0], dtype=np.float32)})
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs())
+def test_generic_pipeline_preserves_random_graphs(g):
+    """Property: on generated graphs the whole generic pipeline keeps every output."""
+    dims = {d: 3 for v in g.inputs for d in v.type.shape if isinstance(d, str)}
+    try:
+        check_pass_numerics(g, "canonicalize,cse,constant_fold,dce", dims, seeds=(0,))
+    except NonFiniteReference:  # e.g. exp overflow, inf - inf: nothing to compare
+        pass
