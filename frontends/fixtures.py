@@ -358,9 +358,9 @@ def normalize_rows(w: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return (w / np.maximum(norms, eps)).astype(w.dtype)
 
 
-def baichuan_to_llama_weights(weights: dict[str, np.ndarray], arch: str) -> dict[str, np.ndarray]:
+def baichuan_to_llama_weights(weights: dict[str, np.ndarray], hidden: int) -> dict[str, np.ndarray]:
     """HF Baichuan weights -> equivalent HF Llama weights (split W_pack, normalise lm_head)."""
-    h = _dims(arch)["hidden"]
+    h = hidden
     out: dict[str, np.ndarray] = {}
     for name, w in weights.items():
         if name.endswith("self_attn.W_pack.weight"):
@@ -377,7 +377,9 @@ def baichuan_to_llama_weights(weights: dict[str, np.ndarray], arch: str) -> dict
 def llama_weights(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
     """HF Llama-layout weights of ``arch`` (Baichuan via :func:`baichuan_to_llama_weights`)."""
     weights = random_weights(arch, seed)
-    return baichuan_to_llama_weights(weights, arch) if arch in BAICHUAN_ARCHES else weights
+    if arch not in BAICHUAN_ARCHES:
+        return weights
+    return baichuan_to_llama_weights(weights, _dims(arch)["hidden"])
 
 
 _PADDLE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

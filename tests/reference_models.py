@@ -392,18 +392,8 @@ def baichuan7b_as_llama(model_dir: str | Path, out_dir: str | Path) -> Path:
     cfg = _read_config(model_dir)
     if fixtures.uses_alibi(cfg):
         raise ValueError("ALiBi Baichuan (13B) has no Llama equivalent")
-    weights = fixtures.read_safetensors_dir(model_dir)
     h = cfg["hidden_size"]
-    llama = {}
-    for name, w in weights.items():
-        if name.endswith("W_pack.weight"):
-            prefix = name[: -len("W_pack.weight")]
-            for i, proj in enumerate(("q_proj", "k_proj", "v_proj")):
-                llama[f"{prefix}{proj}.weight"] = np.ascontiguousarray(w[i * h : (i + 1) * h])
-        elif name == "lm_head.weight":
-            llama[name] = F.normalize(torch.from_numpy(w), dim=1).numpy()
-        else:
-            llama[name] = w
+    llama = fixtures.baichuan_to_llama_weights(fixtures.read_safetensors_dir(model_dir), h)
     out = Path(out_dir)
     fixtures.write_safetensors(out, llama, metadata={"format": "pt"})
     llama_cfg = {
