@@ -44,3 +44,19 @@ def check_pass_numerics(graph: Graph | str, pipeline: str, dims: Mapping[str, in
             np.testing.assert_allclose(b.astype(np.float64), a.astype(np.float64), rtol=rtol, equal_nan=False,
                                        atol=atol, err_msg=f"output {i} differs after '{pipeline}'")
     return after
+
+
+def check_generation_numerics(before: Graph, after: Graph, weights: Mapping[str, np.ndarray],
+                              prompts: list[list[int]], new_tokens: int, tol: float):
+    """Inference-form graphs before vs after passes: prefill logits, then one decode step.
+
+    Returns the two generators and their sessions for further checks (caches, generate)."""
+    from llmc.runtime.generate import Generator
+
+    gb, ga = Generator(before, weights), Generator(after, weights)
+    sb, lb = gb.prefill(prompts, new_tokens)
+    sa, la = ga.prefill(prompts, new_tokens)
+    np.testing.assert_allclose(la, lb, rtol=tol, atol=tol)
+    tok = np.argmax(lb, -1)
+    np.testing.assert_allclose(ga.decode(sa, tok), gb.decode(sb, tok), rtol=tol, atol=tol)
+    return gb, ga, sb, sa

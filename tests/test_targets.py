@@ -3,6 +3,7 @@
 
 import numpy as np
 import pytest
+from golden import check_generation_numerics
 from llmc.compiler.errors import LlmcError
 from llmc.compiler.passmanager import PassContext
 from llmc.compiler.text import parse, print_graph
@@ -55,12 +56,7 @@ def test_compiled_equals_uncompiled(arch, target):
     assert len(after) < len(before)
     w = hf_weights(arch, before)
     if get_target(target).form == "inference":
-        gb, ga = Generator(before, w), Generator(after, w)
-        sb, lb = gb.prefill(PROMPTS, 4)
-        sa, la = ga.prefill(PROMPTS, 4)
-        np.testing.assert_allclose(la, lb, rtol=1e-4, atol=1e-4)
-        tok = np.argmax(lb, -1)
-        np.testing.assert_allclose(ga.decode(sa, tok), gb.decode(sb, tok), rtol=1e-4, atol=1e-4)
+        gb, ga, _, _ = check_generation_numerics(before, after, w, PROMPTS, 4, tol=1e-4)
         assert ga.generate(PROMPTS, 5) == gb.generate(PROMPTS, 5)
     else:
         for p in PROMPTS:
