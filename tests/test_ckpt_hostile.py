@@ -194,3 +194,12 @@ def test_deeply_nested_index_and_header(monkeypatch, capsys, tmp_path, model):
     (model / "model.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob)
     err = fails(monkeypatch, capsys, "inspect", model)
     assert "model.safetensors: corrupt safetensors header: JSON nested too deeply" in err
+
+
+def test_deeply_nested_tokenizer_config(tmp_path):
+    from llmc.frontends.tokenizer import TokenizerError, load_tokenizer
+
+    d = F.write_fixture(tmp_path / "m", "llama", "hf-numpy")
+    (d / "tokenizer_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(TokenizerError, match="tokenizer_config.json: cannot read: JSON nested"):
+        load_tokenizer(d)
