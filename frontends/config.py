@@ -12,16 +12,12 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llmc.compiler.errors import LlmcError
+from .errors import ConfigError
 
 SUPPORTED = {
     "LlamaForCausalLM": "llama (llama2, Chinese-LLaMA-2/Alpaca-2, PaddleNLP Baichuan2 with alibi)",
     "BaichuanForCausalLM": "Baichuan2-7B (rope) / Baichuan2-13B (ALiBi)",
 }
-
-
-class ConfigError(LlmcError):
-    """A config.json that cannot describe a supported model."""
 
 
 # Upper bounds on sizes: far above any real model, low enough that a typo such as
@@ -30,7 +26,10 @@ MAX_SIZES = {
     "num_hidden_layers": 1024, "num_layers": 1024,
     "num_attention_heads": 4096, "num_key_value_heads": 4096,
     "hidden_size": 65536, "intermediate_size": 1_000_000, "vocab_size": 4_000_000,
+    # 16M positions: above the longest context windows published (10M)
+    "max_position_embeddings": 1 << 24, "model_max_length": 1 << 24,
 }
+TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 4096
     bos_token_id: int | None = 1
-    eos_token_id: int | None = 2
+    eos_token_ids: tuple[int, ...] = (2,)  # generation stops at any of them
     pad_token_id: int | None = 0
     dtype: str = "float32"
     source_format: str = "hf"  # "hf" | "paddle" | "paddleformers"
@@ -70,8 +69,17 @@ class ModelConfig:
             return "chinese-llama-2"
         return "llama2" if self.num_kv_heads == self.num_heads else "llama2-gqa"
 
+    @property
+    def eos_token_id(self) -> int | None:
+        """The first end-of-sequence id (None if there is none); stop on `eos_token_ids`."""
+        return self.eos_token_ids[0] if self.eos_token_ids else None
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as JSON-ready values, plus `eos_token_id` (the first of `eos_token_ids`)."""
+        d = asdict(self)
+        d["eos_token_ids"] = list(self.eos_token_ids)
+        d["eos_token_id"] = self.eos_token_id
+        return d
 
 
 def read_json(path: Path) -> dict:
@@ -85,6 +93,8 @@ def read_json(path: Path) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -103,6 +113,21 @@ def _int(cfg: dict, path: Path, *keys: str, default=None) -> int:
     if default is not None:
         return default
     raise ConfigError(f"{path}: missing field '{keys[0]}'")
+
+
+def token_ids(cfg: dict, path: Path, key: str, default: int | None) -> tuple[int, ...]:
+    """A token id field: an int or a list of ints (llama-3 lists several EOS ids); null or
+    an empty list mean none."""
+    v = cfg.get(key, default)
+    ids = [] if v is None else v if isinstance(v, list) else [v]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ConfigError(f"{path}: field '{key}' must be a token id (an integer) or a list of "
+                          f"token ids, got {v!r}")
+    return tuple(ids)
+
+
+def _first(ids: tuple[int, ...]) -> int | None:
+    return ids[0] if ids else None
 
 
 def _float(cfg: dict, path: Path, key: str, default: float, *, lo: float | None = None,
@@ -162,40 +187,14 @@ def baichuan_uses_alibi(cfg: dict) -> bool:
 def parse_config(cfg: dict, path: Path = Path("config.json")) -> ModelConfig:
     """Build a ModelConfig from a config.json dict, with errors naming the file and field."""
     family = detect_family(cfg, path)
-    hidden = _int(cfg, path, "hidden_size")
-    heads = _int(cfg, path, "num_attention_heads")
-    kv = _int(cfg, path, "num_key_value_heads", default=heads)
-    if hidden % heads:
-        raise ConfigError(f"{path}: hidden_size {hidden} is not divisible by "
-                          f"num_attention_heads {heads}")
-    if heads % kv:
-        raise ConfigError(f"{path}: num_attention_heads {heads} is not divisible by "
-                          f"num_key_value_heads {kv}")
-    alibi = baichuan_uses_alibi(cfg) if family == "baichuan" else bool(cfg.get("alibi", False))
+    hidden, heads, kv = _heads(cfg, path)
+    alibi = baichuan_uses_alibi(cfg) if family == "baichuan" else _flag(cfg, path, "alibi")
     if not alibi and (hidden // heads) % 2:
         raise ConfigError(f"{path}: head dim {hidden // heads} (hidden_size / num_attention_heads) "
                           "must be even for rotary embeddings")
     rope = cfg.get("rope_parameters") or {}  # transformers 5 moves theta and scaling here
     if not isinstance(rope, dict):
         raise ConfigError(f"{path}: field 'rope_parameters' must be an object or null")
-    scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else {})
-    if not scaling and cfg.get("rope_scaling_type"):  # PaddleNLP's flat fields
-        scaling = {"type": cfg["rope_scaling_type"], "factor": cfg.get("rope_scaling_factor", 1.0)}
-    factor = 1.0
-    if scaling:
-        if not isinstance(scaling, dict):
-            raise ConfigError(f"{path}: field 'rope_scaling' must be an object or null")
-        kind = scaling.get("rope_type", scaling.get("type"))
-        if kind not in ("linear", "default"):
-            raise ConfigError(f"{path}: rope_scaling type '{kind}' is not supported (only 'linear')")
-        factor = (_float(scaling, path, "factor", 1.0, lo=1.0, field="rope_scaling.factor")
-                  if kind == "linear" else 1.0)
-    if "paddleformers_version" in cfg:
-        fmt = "paddleformers"
-    elif "paddlenlp_version" in cfg or "transformers_version" not in cfg and family == "llama" and cfg.get("alibi"):
-        fmt = "paddle"
-    else:
-        fmt = "hf"
     dtype = cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
     return ModelConfig(
         family=family,
@@ -211,18 +210,71 @@ def parse_config(cfg: dict, path: Path = Path("config.json")) -> ModelConfig:
                           _float(rope, path, "rope_theta", 10000.0, lo=0.0, min_open=True,
                                  field="rope_parameters.rope_theta"),
                           lo=0.0, min_open=True),
-        rope_scaling_factor=factor,
+        rope_scaling_factor=_rope_scaling_factor(cfg, rope, path),
         qkv_packed=family == "baichuan",
-        norm_head=family == "baichuan" or bool(cfg.get("norm_head", False)),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        norm_head=family == "baichuan" or _flag(cfg, path, "norm_head"),
+        tie_word_embeddings=_flag(cfg, path, "tie_word_embeddings"),
         max_position_embeddings=_int(cfg, path, "max_position_embeddings", "model_max_length",
                                      default=4096),
-        bos_token_id=cfg.get("bos_token_id", 1),
-        eos_token_id=cfg.get("eos_token_id", 2),
-        pad_token_id=cfg.get("pad_token_id", 0),
+        bos_token_id=_first(token_ids(cfg, path, "bos_token_id", 1)),
+        eos_token_ids=token_ids(cfg, path, "eos_token_id", 2),
+        pad_token_id=_first(token_ids(cfg, path, "pad_token_id", 0)),
         dtype=str(dtype),
-        source_format=fmt,
+        source_format=_source_format(cfg, family),
     )
+
+
+def _heads(cfg: dict, path: Path) -> tuple[int, int, int]:
+    """(hidden_size, attention heads, KV heads), checked to divide evenly."""
+    hidden = _int(cfg, path, "hidden_size")
+    heads = _int(cfg, path, "num_attention_heads")
+    kv = _int(cfg, path, "num_key_value_heads", default=heads)
+    if hidden % heads:
+        raise ConfigError(f"{path}: hidden_size {hidden} is not divisible by "
+                          f"num_attention_heads {heads}")
+    if heads % kv:
+        raise ConfigError(f"{path}: num_attention_heads {heads} is not divisible by "
+                          f"num_key_value_heads {kv}")
+    return hidden, heads, kv
+
+
+def _flag(cfg: dict, path: Path, key: str) -> bool:
+    """A boolean field (absent or null: False); a string such as "false" is an error."""
+    v = cfg.get(key)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise ConfigError(f"{path}: field '{key}' must be true or false, got {v!r}")
+    return v
+
+
+def _rope_scaling_factor(cfg: dict, rope: dict, path: Path) -> float:
+    """Linear RoPE scaling factor from HF `rope_scaling`, transformers 5 `rope_parameters`
+    or PaddleNLP's flat `rope_scaling_type`/`rope_scaling_factor` (1.0: no scaling)."""
+    default_type = rope.get("rope_type", "default") == "default"
+    scaling = cfg.get("rope_scaling") or ({} if default_type else rope)
+    if not scaling and cfg.get("rope_scaling_type"):  # PaddleNLP's flat fields
+        scaling = {"type": cfg["rope_scaling_type"], "factor": cfg.get("rope_scaling_factor", 1.0)}
+    if not scaling:
+        return 1.0
+    if not isinstance(scaling, dict):
+        raise ConfigError(f"{path}: field 'rope_scaling' must be an object or null")
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind not in ("linear", "default"):
+        raise ConfigError(f"{path}: rope_scaling type '{kind}' is not supported (only 'linear')")
+    if kind != "linear":
+        return 1.0
+    return _float(scaling, path, "factor", 1.0, lo=1.0, field="rope_scaling.factor")
+
+
+def _source_format(cfg: dict, family: str) -> str:
+    """'paddleformers', 'paddle' (PaddleNLP) or 'hf', from the version fields a save writes."""
+    if "paddleformers_version" in cfg:
+        return "paddleformers"
+    paddle_alibi = "transformers_version" not in cfg and family == "llama" and cfg.get("alibi")
+    if "paddlenlp_version" in cfg or paddle_alibi:
+        return "paddle"
+    return "hf"
 
 
 def load_config(path: str | Path) -> ModelConfig:

@@ -1,15 +1,19 @@
 """Open a model directory: config, naming, weights and tokenizer files in one `Checkpoint`.
 
 `open_checkpoint(dir)` reads config.json and the weight headers only (no tensor
-data). A directory with only config.json (or a path to a config .json file)
-gives a config-only checkpoint whose weight store is empty and unbacked.
+data); a model directory without weight files is an error naming the files looked
+for. A config-only checkpoint (empty, unbacked weight store) is asked for with
+`config_only=True` (the CLI's `--config`), or by passing a config .json file.
 `Checkpoint.validate(expected)` compares the tensors a graph needs with the
-checkpoint and raises one `CheckpointError` line naming the file and tensor.
+checkpoint and raises one `CheckpointError` line naming the file and tensor. A tied
+checkpoint (`tie_word_embeddings`) may still store `lm_head.weight` (PaddleNLP and
+older torch saves do): the graph uses the embedding, with a warning if they differ.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -17,8 +21,11 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .config import ModelConfig, parse_config, read_json
+from .entries import to_compute
+from .errors import CheckpointWarning
 from .naming import PADDLE, Naming, naming_for
-from .weights import FLOAT_DTYPES, CheckpointError, WeightStore
+from .weights import (FLOAT_DTYPES, WEIGHT_FILES, CheckpointError, WeightStore,
+                      unread_weight_like_files)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "sentencepiece.bpe.model",
                    "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
@@ -38,6 +45,7 @@ class Checkpoint:
     naming: Naming
     weights: WeightStore
     tokenizer_files: list[Path] = field(default_factory=list)
+    _tied_head_checked: bool = field(default=False, repr=False)
 
     def validate(self, expected: Mapping[str, tuple[int, ...]],
                  progress: Callable[[str], None] | None = None) -> None:
@@ -55,8 +63,7 @@ class Checkpoint:
                  progress: Callable[[str], None] | None = None) -> list[str]:
         """Every mismatch between `expected` and the checkpoint, one line each."""
         if not self.weights.backed:
-            return [f"{self.model_dir}: no weight files (looked for model.safetensors"
-                    "[.index.json], model_state[.tpNN].pdparams, pytorch_model.bin)"]
+            return [no_weights_message(self.model_dir, self.config_path)]
         out = []
         for name, shape in expected.items():
             if (p := self.check_tensor(name, shape)) is not None:
@@ -65,10 +72,28 @@ class Checkpoint:
                 progress(name)
         for name in self.weights:
             if name not in expected and not name.endswith(IGNORED_EXTRAS):
+                if self._tied_head(name, expected):
+                    continue
                 dtype, shape = self.weights.info(name)
                 out.append(f"{self.weights.file_of(name)}: unexpected tensor '{name}' "
                            f"{dtype}{list(shape)} (the {self.config.name} graph does not use it)")
         return out
+
+    def _tied_head(self, name: str, expected: Mapping[str, tuple[int, ...]]) -> bool:
+        """Whether `name` is the stored lm_head of a tied model (accepted; the graph uses the
+        embedding). Warns once if it holds other values than the embedding."""
+        embed = self.naming.embed()
+        if not (self.config.tie_word_embeddings and name == self.naming.lm_head
+                and embed in expected and embed in self.weights):
+            return False
+        if not self._tied_head_checked:
+            self._tied_head_checked = True
+            if not same_values(self.weights, name, embed):
+                warnings.warn(f"{self.weights.file_of(name)}: tensor '{name}' differs from "
+                              f"'{embed}', but {self.config_path.name} sets "
+                              "tie_word_embeddings: the embedding is used for both",
+                              CheckpointWarning, stacklevel=4)
+        return True
 
     def check_tensor(self, name: str, shape: tuple[int, ...]) -> str | None:
         """One tensor's problem (missing, wrong dtype, wrong shape), or None."""
@@ -166,22 +191,61 @@ def _fused_qkv(cfg: ModelConfig, weights: WeightStore, raw: dict, base: Naming) 
     return base.attn(0, "q_proj") not in weights and _config_fuses_qkv(cfg, raw)
 
 
-def open_checkpoint(model_dir: str | Path, allow_pickle: bool = False,
-                    compute_dtype: str | None = "float32") -> Checkpoint:
-    """Open a model directory (or a config .json file, config-only) without reading tensor data."""
-    p = Path(model_dir)
+def same_values(store: WeightStore, a: str, b: str, chunk_bytes: int = 64 << 20) -> bool:
+    """Whether tensors `a` and `b` hold the same values (compared in float32, `b` transposed
+    when only its transpose matches `a`'s shape), reading both in row chunks and stopping
+    at the first difference."""
+    x, y = store.raw(a), store.raw(b)
+    if x.shape != y.shape:
+        if x.ndim != 2 or x.shape != y.shape[::-1]:
+            return False
+        y = y.T
+    if x.ndim == 0 or x.size == 0:
+        return bool(np.array_equal(x, y))
+    sx, sy = store.info(a).dtype, store.info(b).dtype
+    rows = max(1, chunk_bytes // max(1, x[0].size * 4))
+    for i in range(0, x.shape[0], rows):
+        if not np.array_equal(to_compute(x[i:i + rows], sx, "float32"),
+                              to_compute(y[i:i + rows], sy, "float32")):
+            return False
+    return True
+
+
+def no_weights_message(model_dir: Path, config_path: Path) -> str:
+    """The one-line error for a model directory without weight files."""
+    others = unread_weight_like_files(model_dir)
+    found = f"; found {', '.join(others[:3])}, which llmc does not read" if others else ""
+    return (f"{model_dir}: no weight files (looked for {', '.join(WEIGHT_FILES)}){found}; "
+            f"for a graph from the config alone, use --config {config_path}")
+
+
+def _config_source(p: Path) -> tuple[Path, Path, bool]:
+    """(config path, model directory, config-only by nature) of a model dir or config file."""
+    if p.is_dir():
+        return p / "config.json", p, False
     if p.is_file() and p.suffix == ".json":
-        config_path, d = p, p.parent
-    else:
-        if not p.is_dir():
-            raise CheckpointError(f"{p}: no such model directory")
-        config_path, d = p / "config.json", p
+        return p, p.parent, True
+    if p.exists():
+        raise CheckpointError(f"{p}: not a model directory or a config .json file")
+    raise CheckpointError(f"{p}: no such model directory")
+
+
+def open_checkpoint(model_dir: str | Path, allow_pickle: bool = False,
+                    compute_dtype: str | None = "float32", *,
+                    config_only: bool = False) -> Checkpoint:
+    """Open a model directory without reading tensor data.
+
+    `config_only=True` (or a config .json file as `model_dir`) reads only the config and
+    gives an unbacked weight store; otherwise a directory without weights is an error."""
+    config_path, d, config_file = _config_source(Path(model_dir))
     raw = read_json(config_path)
     cfg = parse_config(raw, config_path)
-    if p.is_file():
+    if config_only or config_file:
         weights = WeightStore.empty(d)
     else:
         weights = WeightStore(d, allow_pickle=allow_pickle, compute_dtype=compute_dtype, config=cfg)
+        if not weights.backed:
+            raise CheckpointError(no_weights_message(d, config_path))
     naming = _naming(cfg, weights, raw)
     fmt = cfg.source_format
     if naming.prefix == PADDLE.prefix or fmt == "paddle":

@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from .entries import Entry, dtype_name
+from .errors import CheckpointError
+
 _ALLOWED = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "_reconstruct"),
@@ -112,8 +115,6 @@ class _LazyUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
 
 def read_pdparams(path: Path) -> dict[str, ArrayStub]:
     """The arrays of a `.pdparams` file by name, without reading large tensor data."""
-    from .weights import CheckpointError
-
     try:
         with open(path, "rb") as fh:
             obj = _LazyUnpickler(fh).load()
@@ -124,7 +125,7 @@ def read_pdparams(path: Path) -> dict[str, ArrayStub]:
         raise CheckpointError(f"{path}: corrupt or unsupported .pdparams file: {why}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: corrupt .pdparams file: expected a dict of tensors, "
-                        f"got {type(obj).__name__}")
+                              f"got {type(obj).__name__}")
     out: dict[str, ArrayStub] = {}
     for name, value in obj.items():
         if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], ArrayStub):
@@ -206,3 +207,54 @@ def merge_tp(name: str, parts: list[np.ndarray], axis: int | None) -> np.ndarray
         halves = [np.split(p, 2, axis=axis) for p in parts]
         return np.concatenate([h[0] for h in halves] + [h[1] for h in halves], axis=axis)
     return np.concatenate(parts, axis=axis)
+
+
+# ---------------------------------------------------------------- entries
+
+
+def read_pdparams_file(path: Path) -> dict[str, Entry]:
+    """Entries of one .pdparams file (Paddle's bf16 arrives as uint16 and is reported bf16)."""
+    size = path.stat().st_size
+    out = {}
+    for name, stub in read_pdparams(path).items():
+        dtype = "bf16" if stub.dtype == np.dtype("<u2") else dtype_name(stub.dtype, path, name)
+        if stub_end(stub) > size:
+            raise CheckpointError(f"{path}: tensor '{name}' runs past the end of the file: "
+                                  "the file is truncated")
+        out[name] = Entry(path, dtype, stub.shape, stub_loader(path, stub))
+    return out
+
+
+def merge_tp_files(files: list[Path], kv_heads: int, vocab: int, tied: bool) -> dict[str, Entry]:
+    """One entry per tensor of PaddleNLP tensor-parallel shards, merged lazily."""
+    ranks = [read_pdparams_file(f) for f in files]
+    tp, out = len(ranks), {}
+    for name, first in ranks[0].items():
+        parts = []
+        for f, r in zip(files, ranks):
+            if name not in r:
+                raise CheckpointError(f"{f}: tensor '{name}' is missing from this rank "
+                                      f"(present in {files[0].name})")
+            parts.append(r[name])
+        axis = tp_split_axis(name, first.shape, tp, kv_heads, vocab, tied)
+        out[name] = _merged_entry(name, parts, axis)
+    for f, r in zip(files[1:], ranks[1:]):
+        extra = sorted(set(r) - set(ranks[0]))
+        if extra:
+            raise CheckpointError(f"{f}: tensor '{extra[0]}' is not in {files[0].name}")
+    return out
+
+
+def _merged_entry(name: str, parts: list[Entry], axis: int | None) -> Entry:
+    first = parts[0]
+    shape = list(first.shape)
+    for p in parts[1:]:
+        other = [d for i, d in enumerate(p.shape) if i != axis]
+        if p.dtype != first.dtype or other != [d for i, d in enumerate(shape) if i != axis]:
+            raise CheckpointError(f"{p.file}: tensor '{name}' is {p.dtype}{list(p.shape)} but "
+                                  f"{first.dtype}{list(first.shape)} in {first.file.name}")
+    if axis is not None:
+        shape[axis] = sum(p.shape[axis] for p in parts)
+    loads = [p.load for p in parts]
+    return Entry(first.file, first.dtype, tuple(shape),
+                 lambda: merge_tp(name, [ld() for ld in loads], axis))

@@ -36,6 +36,8 @@ def _json(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise TokenizerError(f"{path}: cannot read: {e}") from None
+    except RecursionError:
+        raise TokenizerError(f"{path}: cannot read: JSON nested too deeply") from None
     return data if isinstance(data, dict) else {}
 
 

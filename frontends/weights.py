@@ -1,10 +1,11 @@
 """Checkpoint tensors as a read-only, lazily memory-mapped mapping.
 
 `WeightStore(model_dir)` finds the weight files of a model directory and reads
-only their headers: safetensors headers are parsed here (data is mapped with
-numpy, never read at open), `.pdparams` go through frontends/paddle_ckpt.py,
-`pytorch_model.bin` through `torch.load(mmap=True, weights_only=True)` and
-only with `allow_pickle=True`. Names are the checkpoint's own tensor names.
+only their headers: safetensors through frontends/safetensors_file.py (data is
+mapped with numpy, never read at open), `.pdparams` through frontends/paddle_ckpt.py,
+`pytorch_model.bin` through frontends/torch_bin.py and only with `allow_pickle=True`.
+Names are the checkpoint's own tensor names. Shards named by an index file must
+lie inside the model directory.
 
 `store.info(name)` gives the stored dtype (IR spelling: f32, bf16, f16, i64...)
 and shape without touching data; `store[name]` returns the tensor converted to
@@ -14,235 +15,36 @@ read-only view) so the fp32 reference interpreter can run any checkpoint.
 
 from __future__ import annotations
 
-import json
 import re
-import struct
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, NamedTuple
+from typing import Callable, Iterator, Mapping
 
-import ml_dtypes
 import numpy as np
 
-from llmc.compiler.errors import LlmcError
-
 from . import paddle_ckpt
+from .config import load_config, read_json
+from .entries import FLOAT_DTYPES, Entry, TensorInfo, to_compute
+from .errors import CheckpointError
+from .safetensors_file import read_safetensors
+from .torch_bin import read_torch_bin
 
-Loader = Callable[[], np.ndarray]
+__all__ = ["FLOAT_DTYPES", "CheckpointError", "Entry", "TensorInfo", "WeightStore", "discover",
+           "read_safetensors", "to_compute", "WEIGHT_FILES"]
 
-_ST_DTYPES = {"F64": "f64", "F32": "f32", "F16": "f16", "BF16": "bf16", "I64": "i64", "I32": "i32",
-              "I16": "i16", "I8": "i8", "U8": "u8", "U16": "u16", "U32": "u32", "U64": "u64",
-              "BOOL": "bool", "F8_E4M3": "f8e4m3", "F8_E5M2": "f8e5m2"}
-_NP = {"f64": "<f8", "f32": "<f4", "f16": "<f2", "bf16": "<u2", "i64": "<i8", "i32": "<i4",
-       "i16": "<i2", "i8": "i1", "u8": "u1", "u16": "<u2", "u32": "<u4", "u64": "<u8",
-       "bool": "?", "f8e4m3": np.dtype(ml_dtypes.float8_e4m3fn),
-       "f8e5m2": np.dtype(ml_dtypes.float8_e5m2)}
-_ITEMSIZE = {k: np.dtype(v).itemsize for k, v in _NP.items()}
-FLOAT_DTYPES = ("f64", "f32", "f16", "bf16", "f8e4m3", "f8e5m2")
 _TP_FILE = re.compile(r"model_state\.tp(\d+)\.pdparams$")
-_HEADER_LIMIT = 100 << 20
-
-
-class CheckpointError(LlmcError):
-    """A weight file or directory that cannot be read as a checkpoint."""
-
-
-class TensorInfo(NamedTuple):
-    """A tensor's stored dtype (IR spelling, e.g. 'bf16') and shape."""
-
-    dtype: str
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Entry:
-    """Where one tensor lives and how to map it."""
-
-    file: Path
-    dtype: str
-    shape: tuple[int, ...]
-    load: Loader
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * _ITEMSIZE.get(self.dtype, 4)
-
-
-def to_compute(a: np.ndarray, stored: str, compute_dtype: str | None) -> np.ndarray:
-    """Convert a stored array to the compute dtype (floats only; ints stay as stored).
-
-    bf16 arrives as uint16 bits; fp8 (e4m3fn / e5m2) as ml_dtypes float8 arrays (a
-    uint8 view of fp8 bits is reinterpreted, never converted by value)."""
-    if stored == "bf16":
-        a = (np.asarray(a).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-    elif stored in ("f8e4m3", "f8e5m2"):
-        a = np.asarray(a)
-        if a.dtype != np.dtype(_NP[stored]):
-            a = a.view(_NP[stored])
-        if compute_dtype is not None:
-            a = a.astype(np.float32)  # ml_dtypes decodes fp8; then to the compute dtype
-    if compute_dtype is None or stored not in FLOAT_DTYPES:
-        return a
-    return a if a.dtype == np.dtype(compute_dtype) else a.astype(compute_dtype)
-
-
-# ---------------------------------------------------------------- safetensors
-
-
-class _Mapped:
-    """One memory map per file, opened on first use."""
-
-    def __init__(self, path: Path):
-        self.path, self._mm = path, None
-
-    def array(self, dtype: str, shape: tuple[int, ...], offset: int) -> np.ndarray:
-        count = int(np.prod(shape, dtype=np.int64))
-        if count == 0:
-            return np.empty(shape, _NP[dtype])
-        if self._mm is None:
-            self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
-        nbytes = count * _ITEMSIZE[dtype]
-        return self._mm[offset:offset + nbytes].view(_NP[dtype]).reshape(shape)
-
-
-def read_safetensors(path: Path) -> dict[str, Entry]:
-    """Entries of one .safetensors file from its header; checks offsets against the file size."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-            if not 0 < n <= min(size - 8, _HEADER_LIMIT):
-                raise CheckpointError(f"{path}: not a safetensors file (bad header length); "
-                                      "the file may be truncated")
-            header = json.loads(fh.read(n))
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header: not a JSON object")
-    mapped, base = _Mapped(path), 8 + n
-    return {name: _st_entry(path, name, meta, mapped, base, size)
-            for name, meta in header.items() if name != "__metadata__"}
-
-
-def _st_entry(path: Path, name: str, meta, mapped: _Mapped, base: int, size: int) -> Entry:
-    try:
-        dtype = _ST_DTYPES[meta["dtype"]]
-        shape = tuple(int(d) for d in meta["shape"])
-        begin, end = (int(x) for x in meta["data_offsets"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{path}: tensor '{name}': bad header entry {meta!r}") from None
-    need = int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[dtype]
-    if end - begin != need or begin < 0:
-        raise CheckpointError(f"{path}: tensor '{name}': data offsets [{begin}, {end}) do not "
-                              f"match {dtype}{list(shape)}")
-    if base + end > size:
-        raise CheckpointError(f"{path}: tensor '{name}' ends at byte {base + end} but the file has "
-                              f"{size} bytes: the file is truncated")
-    return Entry(path, dtype, shape, lambda: mapped.array(dtype, shape, base + begin))
-
-
-# ---------------------------------------------------------------- pdparams
-
-
-def read_pdparams_file(path: Path) -> dict[str, Entry]:
-    """Entries of one .pdparams file (restricted lazy unpickler, see paddle_ckpt)."""
-    size = path.stat().st_size
-    out = {}
-    for name, stub in paddle_ckpt.read_pdparams(path).items():
-        dtype = "bf16" if stub.dtype == np.dtype("<u2") else _dtype_name(stub.dtype, path, name)
-        if paddle_ckpt.stub_end(stub) > size:
-            raise CheckpointError(f"{path}: tensor '{name}' runs past the end of the file: "
-                                  "the file is truncated")
-        out[name] = Entry(path, dtype, stub.shape, paddle_ckpt.stub_loader(path, stub))
-    return out
-
-
-def _dtype_name(dt: np.dtype, path: Path, name: str) -> str:
-    for k, v in _NP.items():
-        if k not in ("bf16", "f8e4m3", "f8e5m2") and np.dtype(v) == dt:
-            return k
-    raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {dt}")
-
-
-def merge_tp_files(files: list[Path], kv_heads: int, vocab: int, tied: bool) -> dict[str, Entry]:
-    """One entry per tensor of PaddleNLP tensor-parallel shards, merged lazily."""
-    ranks = [read_pdparams_file(f) for f in files]
-    tp, out = len(ranks), {}
-    for name, first in ranks[0].items():
-        parts = []
-        for f, r in zip(files, ranks):
-            if name not in r:
-                raise CheckpointError(f"{f}: tensor '{name}' is missing from this rank "
-                                      f"(present in {files[0].name})")
-            parts.append(r[name])
-        axis = paddle_ckpt.tp_split_axis(name, first.shape, tp, kv_heads, vocab, tied)
-        out[name] = _merged_entry(name, parts, axis)
-    for f, r in zip(files[1:], ranks[1:]):
-        extra = sorted(set(r) - set(ranks[0]))
-        if extra:
-            raise CheckpointError(f"{f}: tensor '{extra[0]}' is not in {files[0].name}")
-    return out
-
-
-def _merged_entry(name: str, parts: list[Entry], axis: int | None) -> Entry:
-    first = parts[0]
-    shape = list(first.shape)
-    for p in parts[1:]:
-        other = [d for i, d in enumerate(p.shape) if i != axis]
-        if p.dtype != first.dtype or other != [d for i, d in enumerate(shape) if i != axis]:
-            raise CheckpointError(f"{p.file}: tensor '{name}' is {p.dtype}{list(p.shape)} but "
-                                  f"{first.dtype}{list(first.shape)} in {first.file.name}")
-    if axis is not None:
-        shape[axis] = sum(p.shape[axis] for p in parts)
-    loads = [p.load for p in parts]
-    return Entry(first.file, first.dtype, tuple(shape),
-                 lambda: paddle_ckpt.merge_tp(name, [ld() for ld in loads], axis))
-
-
-# ---------------------------------------------------------------- pytorch_model.bin
-
-
-def read_torch_bin(path: Path) -> dict[str, Entry]:
-    """Entries of a pytorch_model.bin (a pickle: only called after an explicit opt-in)."""
-    try:
-        import torch
-    except ImportError:
-        raise CheckpointError(f"{path}: reading pytorch_model.bin needs torch, which is not "
-                              "installed; convert it to model.safetensors") from None
-    try:
-        sd = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
-    except Exception as e:  # corrupt zip / pickle
-        raise CheckpointError(f"{path}: cannot read: {e}") from None
-    out = {}
-    for name, t in sd.items():
-        dtype = {torch.bfloat16: "bf16"}.get(t.dtype) or _dtype_name(
-            np.dtype(str(t.dtype).removeprefix("torch.")), path, name)
-        out[name] = Entry(path, dtype, tuple(t.shape), _torch_loader(t))
-    return out
-
-
-def _torch_loader(t) -> Loader:
-    import torch
-
-    if t.dtype == torch.bfloat16:
-        return lambda: t.view(torch.int16).numpy().view(np.uint16)
-    return lambda: t.numpy()
-
-
-# ---------------------------------------------------------------- discovery
-
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "model_state.pdparams",
+                "model_state.pdparams.index.json", "model_state.tpNN.pdparams",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_LIKE = (".safetensors", ".bin", ".pdparams", ".pt", ".pth", ".ckpt", ".gguf", ".npz")
 _PICKLE_HINT = ("it is a pickle, which can run code when loaded: pass --allow-pickle "
                 "(allow_pickle=True) if you trust it, or convert it once with "
                 "`python -c \"import torch; from safetensors.torch import save_file; "
                 "save_file(torch.load('pytorch_model.bin'), 'model.safetensors')\"`")
 
+# ---------------------------------------------------------------- sharded indexes
+
 
 def _read_index(index: Path, reader: Callable[[Path], dict[str, Entry]]) -> dict[str, Entry]:
-    from .config import read_json
-
     doc = read_json(index)
     wmap = doc.get("weight_map")
     if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
@@ -251,7 +53,7 @@ def _read_index(index: Path, reader: Callable[[Path], dict[str, Entry]]) -> dict
     out = {}
     for name, fname in wmap.items():
         if fname not in shards:
-            shard = index.parent / fname
+            shard = shard_path(index, name, fname)
             if not _regular(shard):
                 raise CheckpointError(f"{index}: tensor '{name}' is in shard '{fname}', "
                                       "which does not exist")
@@ -263,6 +65,23 @@ def _read_index(index: Path, reader: Callable[[Path], dict[str, Entry]]) -> dict
     return out
 
 
+def shard_path(index: Path, name: str, fname: str) -> Path:
+    """The shard file an index entry names, refused unless it resolves (symlinks included)
+    inside the model directory. The one exception is the Hugging Face hub cache, whose
+    `snapshots/REV/FILE` are symlinks to `../../blobs/HASH`: a plain entry there may
+    resolve into that cache's `blobs/` folder."""
+    d = index.parent
+    shard = d / fname
+    real, root = shard.resolve(), d.resolve()
+    plain = not Path(fname).is_absolute() and ".." not in Path(fname).parts
+    in_hub_cache = plain and root.parent.name == "snapshots" and real.is_relative_to(
+        root.parent.parent / "blobs")
+    if not (real.is_relative_to(root) or in_hub_cache):
+        raise CheckpointError(f"{index}: tensor '{name}' is in shard '{fname}', which resolves "
+                              f"outside the model directory {d} (refused)")
+    return shard
+
+
 def _tp_files(d: Path) -> list[Path]:
     found = {int(m.group(1)): p for p in d.iterdir() if (m := _TP_FILE.match(p.name))}
     for p in found.values():
@@ -272,6 +91,9 @@ def _tp_files(d: Path) -> list[Path]:
             raise CheckpointError(f"{d}: tensor-parallel shard model_state.tp{r:02d}.pdparams is "
                                   f"missing (found ranks {sorted(found)})")
     return [found[r] for r in range(len(found))]
+
+
+# ---------------------------------------------------------------- discovery
 
 
 def discover(d: Path, allow_pickle: bool,
@@ -307,9 +129,9 @@ def _discover(d: Path, allow_pickle: bool, config=None) -> tuple[str, dict[str, 
         return "safetensors", read_safetensors(d / "model.safetensors")
     if (d / "model_state.pdparams.index.json").is_file():
         return "pdparams-sharded", _read_index(d / "model_state.pdparams.index.json",
-                                               read_pdparams_file)
+                                               paddle_ckpt.read_pdparams_file)
     if (d / "model_state.pdparams").is_file():
-        return "pdparams", read_pdparams_file(d / "model_state.pdparams")
+        return "pdparams", paddle_ckpt.read_pdparams_file(d / "model_state.pdparams")
     tp = _tp_files(d)
     if tp:
         return f"pdparams-tp{len(tp)}", _merge_tp_dir(d, tp, config)
@@ -325,12 +147,17 @@ def _discover(d: Path, allow_pickle: bool, config=None) -> tuple[str, dict[str, 
 
 
 def _merge_tp_dir(d: Path, files: list[Path], config) -> dict[str, Entry]:
-    if config is None:
-        from .config import load_config
+    config = config if config is not None else load_config(d)
+    return paddle_ckpt.merge_tp_files(files, config.num_kv_heads, config.vocab_size,
+                                      config.tie_word_embeddings)
 
-        config = load_config(d)
-    return merge_tp_files(files, config.num_kv_heads, config.vocab_size,
-                          config.tie_word_embeddings)
+
+def unread_weight_like_files(d: Path) -> list[str]:
+    """Names of files in `d` that look like weights but are not a format llmc reads."""
+    try:
+        return sorted(p.name for p in d.iterdir() if p.name.endswith(_WEIGHT_LIKE))
+    except OSError:
+        return []
 
 
 # ---------------------------------------------------------------- the store
@@ -341,7 +168,8 @@ class WeightStore(Mapping[str, np.ndarray]):
 
     `path` is a model directory (or a single .safetensors / .pdparams file). A
     directory with no weight files gives an empty, unbacked store (`backed` is
-    False), for compiling from config alone.
+    False); `frontends.loader.open_checkpoint` turns that into an error unless a
+    config-only graph was asked for.
     """
 
     files: list[Path]
@@ -356,7 +184,8 @@ class WeightStore(Mapping[str, np.ndarray]):
         elif p.suffix == ".safetensors":
             self.format, self._entries, self.files = "safetensors", read_safetensors(p), [p]
         elif p.suffix == ".pdparams":
-            self.format, self._entries, self.files = "pdparams", read_pdparams_file(p), [p]
+            self.format, self._entries = "pdparams", paddle_ckpt.read_pdparams_file(p)
+            self.files = [p]
         else:
             raise CheckpointError(f"{p}: unknown weight file type (expected .safetensors or "
                                   ".pdparams)")
@@ -386,8 +215,9 @@ class WeightStore(Mapping[str, np.ndarray]):
         return self._entry(name).file
 
     def raw(self, name: str) -> np.ndarray:
-        """The tensor as stored (bf16 as uint16 bits), memory-mapped."""
-        return self._entry(name).load()
+        """The tensor in its stored dtype (bf16 as ml_dtypes.bfloat16), memory-mapped."""
+        e = self._entry(name)
+        return to_compute(e.load(), e.dtype, None)
 
     def __getitem__(self, name: str) -> np.ndarray:
         e = self._entry(name)

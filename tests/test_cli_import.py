@@ -72,10 +72,9 @@ def test_inspect_writes_nothing(monkeypatch, capsys, ckpts, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("as_file", [False, True])
-def test_inspect_13b_config_only(monkeypatch, capsys, tmp_path, as_file):
+def test_inspect_13b_config_only(monkeypatch, capsys, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(LLAMA2_13B))
-    target = tmp_path / "config.json" if as_file else tmp_path
+    target = tmp_path / "config.json"  # a directory without weights is an error
     t0 = time.perf_counter()
     code, stdout, err = run_cli(monkeypatch, capsys, "inspect", target, "--json")
     elapsed = time.perf_counter() - t0
@@ -89,7 +88,7 @@ def test_inspect_13b_config_only(monkeypatch, capsys, tmp_path, as_file):
 
 def test_config_only_import_has_unbacked_params(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(F.tiny_config("llama")))
-    s = api.import_model(tmp_path, tmp_path / "m.llmc")
+    s = api.import_model(tmp_path / "config.json", tmp_path / "m.llmc")
     g = api.parse((tmp_path / "m.llmc").read_text())
     assert s["weights"] == "none (config only)" and len(g.params) == s["graph_params"] == 21
     assert not WeightStore(tmp_path).backed

@@ -133,7 +133,7 @@ def test_inspect_paddle_fused(monkeypatch, capsys, checkpoint_dir, tmp_path):
 def test_config_only_fused_qkv_names_qkv_proj(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(fixtures.paddle_config("llama_gqa",
                                                                             fuse_qkv=True)))
-    ck = open_checkpoint(tmp_path)
+    ck = open_checkpoint(tmp_path, config_only=True)
     shapes = config_param_shapes(ck.config, ck.naming)
     assert ck.naming.fused_qkv
     assert ck.config.source_format == "paddle"
