@@ -125,7 +125,8 @@ def run(
     dump_values: Optional[Path] = typer.Option(
         None, "--dump-values", metavar="DIR",
         help="Also write every input and op result to DIR: <ssa name>.npy each, plus index.json "
-             "(name, file, dtype, shape, op, line, in execution order); written atomically."),
+             "(name, file, dtype, shape, op, line, in execution order). DIR is written "
+             "atomically and must be new, empty, or an earlier dump (which it replaces)."),
     json_out: bool = JsonOut,
 ):
     """Run a graph on the numpy reference interpreter and write its outputs."""
