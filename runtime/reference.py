@@ -239,7 +239,8 @@ def _check_dump_target(out: Path) -> None:
     if not out.exists() and not out.is_symlink():
         return
     if out.is_symlink() or not out.is_dir():
-        raise LlmcError(f"{out}: exists and is not a directory; --dump-values needs a directory")
+        raise LlmcError(f"{out}: exists and is a symlink or not a directory; --dump-values "
+                        "needs a new, empty or earlier dump directory")
     if not any(out.iterdir()):
         return
     try:
