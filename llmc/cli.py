@@ -105,30 +105,58 @@ def opt(
         sys.stdout.write(result)
 
 
+def _refuse_inside(out_dir: Path, paths: dict) -> None:
+    """--dump-values replaces OUT_DIR whole: none of the command's files may live in it."""
+    from llmc.compiler.errors import LlmcError
+
+    root = out_dir.resolve()
+    for flag, p in paths.items():
+        if p is not None and (p.resolve() == root or root in p.resolve().parents):
+            raise LlmcError(f"--dump-values {out_dir}: {flag} {p} is inside it, and the "
+                            "directory is replaced whole; dump somewhere else")
+
+
 @app.command()
 def run(
     file: Path = typer.Argument(..., help="IR text file (.llmc)."),
     inputs: Optional[Path] = typer.Option(None, "--inputs", "-i", help=".npz with one array per graph input name."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help=".npz or .safetensors with one array per parameter name."),
     output: Path = typer.Option(Path("outputs.npz"), "-o", "--output", help="Where to write the outputs (.npz, atomically)."),
+    dump_values: Optional[Path] = typer.Option(
+        None, "--dump-values", metavar="DIR",
+        help="Also write every input and op result to DIR: <ssa name>.npy each, plus index.json "
+             "(name, file, dtype, shape, op, line, in execution order). DIR is written "
+             "atomically and must be new, empty, or an earlier dump (which it replaces)."),
     json_out: bool = JsonOut,
 ):
     """Run a graph on the numpy reference interpreter and write its outputs."""
     from llmc import api
+    from llmc.runtime.reference import Interpreter, write_values
 
+    if dump_values is not None:
+        _refuse_inside(dump_values, {"FILE": file, "--inputs": inputs, "--weights": weights,
+                                     "--output": output})
     g = api.parse(api.read_text(file), str(file))
     ins = api.load_arrays(inputs) if inputs else {}
     ws = api.load_arrays(weights) if weights else {}
-    outs = api.run_reference(g, ins, ws)
+    interp = Interpreter(g, ws, keep_values=dump_values is not None)
+    outs = interp.run(ins)
     named = {f"output_{i}" if v.name.isdigit() else v.name: a for i, (v, a) in enumerate(zip(g.outputs, outs))}
     api.save_npz(output, named)
+    if dump_values is not None:
+        write_values(dump_values, g, interp.values)
     summary = {k: {"dtype": str(a.dtype), "shape": list(a.shape)} for k, a in named.items()}
     if json_out:
-        typer.echo(json.dumps({"output": str(output), "arrays": summary}, indent=2))
+        doc = {"output": str(output), "arrays": summary}
+        if dump_values is not None:
+            doc["values"] = {"dir": str(dump_values), "count": len(interp.values)}
+        typer.echo(json.dumps(doc, indent=2))
     else:
         for k, s in summary.items():
             typer.echo(f"{k}: {s['dtype']}{s['shape']}")
         typer.echo(f"wrote {output}")
+        if dump_values is not None:
+            typer.echo(f"wrote {len(interp.values)} values to {dump_values}")
 
 
 @app.command()

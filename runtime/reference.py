@@ -1,13 +1,26 @@
-"""The reference interpreter: the executable spec of every op, on numpy."""
+"""The reference interpreter: the executable spec of every op, on numpy.
+
+`Interpreter` walks a graph's ops in order and runs each through `run_op`, the one
+per-op hook: a subclass overrides it to swap in another kernel (a vendor kernel, a
+recording wrapper) for some ops and defer to the reference for the rest. With
+`keep_values=True` every value is kept by its SSA name (`interp.values["h3"]`), which is
+how llmc's numbers are compared with another implementation op by op; otherwise values
+are freed after their last use. `run(g, inputs, weights)` is the one-call form.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from llmc.compiler.errors import LlmcError
-from llmc.compiler.ir import Graph, Op, TensorType, Value
+from llmc.compiler.ir import DType, Graph, Op, TensorType, Value
 from llmc.compiler.ops import get_op
 from llmc.compiler.text import print_op
 
@@ -46,55 +59,105 @@ def last_uses(g: Graph) -> dict[Op, list[Value]]:
     return out
 
 
+class Interpreter:
+    """Runs one graph on numpy arrays; subclass and override `run_op` to replace kernels.
+
+    `weights` maps parameter names to arrays. `check_types` checks every input, parameter
+    and result against its declared type. `keep_values` keeps every input and op result
+    in `values`, by SSA name, in execution order (graph inputs first).
+    """
+
+    def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray] | None = None, *,
+                 check_types: bool = True, keep_values: bool = False):
+        self.graph = graph
+        self.weights = weights or {}
+        self.check_types = check_types
+        self.keep_values = keep_values
+        self.values: dict[str, np.ndarray] = {}
+        self._frees = None if keep_values else last_uses(graph)
+
+    def run_op(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
+        """Compute one op's results from its operand arrays (in operand order).
+
+        The default runs the op's registered reference kernel. Override it to run another
+        kernel for some ops (`op.kind`, `op.attrs`, `op.outputs[i].name` say which) and
+        return `super().run_op(op, args)` for the others. Exceptions other than
+        `LlmcError` are reported with the op's IR line."""
+        return get_op(op.kind).run(args, op.attrs)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the graph on `inputs` (by input name); returns the graph outputs in order."""
+        g = self.graph
+        env: dict[Value, np.ndarray] = {}
+        dims: dict[str, int] = {}
+        self.values = {}
+        missing = [v.name for v in g.inputs if v.name not in inputs]
+        if missing:
+            raise ExecutionError(f"missing graph inputs: {', '.join('%' + m for m in missing)}")
+        for v in g.inputs:
+            arr = np.asarray(inputs[v.name])
+            check_value(v, arr, dims, "input")
+            self._bind(env, v, arr)
+        for op in g.ops:
+            args = [self._fetch(env, v, dims) for v in op.inputs]
+            for v, arr in zip(op.outputs, self._call(op, args)):
+                self._bind(env, v, self._checked(op, v, np.asarray(arr), dims))
+            for v in (self._frees or {}).get(op, ()):
+                env.pop(v, None)
+        return [self._fetch(env, v, dims) for v in g.outputs]
+
+    def _call(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
+        try:
+            results = list(self.run_op(op, args))
+        except LlmcError:
+            raise
+        except Exception as e:  # a kernel failure: report the IR line
+            raise ExecutionError(f"{_where(op)}: {type(e).__name__}: {e}") from e
+        if len(results) != len(op.outputs):
+            raise ExecutionError(f"{_where(op)}: the kernel returned {len(results)} results, "
+                                 f"the op has {len(op.outputs)}")
+        return results
+
+    def _checked(self, op: Op, v: Value, arr: np.ndarray, dims: dict[str, int]) -> np.ndarray:
+        if self.check_types:
+            try:
+                check_value(v, arr, dims, "result")
+            except ExecutionError as e:
+                raise ExecutionError(f"{_where(op)}: {e}") from None
+        return arr
+
+    def _bind(self, env: dict[Value, np.ndarray], v: Value, arr: np.ndarray) -> None:
+        env[v] = arr
+        if self.keep_values:
+            self.values[v.name] = arr
+
+    def _fetch(self, env: dict[Value, np.ndarray], v: Value, dims: dict[str, int]) -> np.ndarray:
+        if not v.is_param:
+            return env[v]
+        try:
+            arr = np.asarray(self.weights[v.name])
+        except KeyError:
+            raise ExecutionError(f"no weight for parameter {v.ref}") from None
+        if self.check_types:
+            check_value(v, arr, dims, "parameter")
+        return arr
+
+
 def run(g: Graph, inputs: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray] | None = None,
         check_types: bool = True) -> list[np.ndarray]:
     """Run `g` on numpy inputs (by input name) and weights (by parameter name).
 
     Returns the graph outputs in order. Values are freed after their last use.
     """
-    weights = weights or {}
-    env: dict[Value, np.ndarray] = {}
-    dims: dict[str, int] = {}
-    missing = [v.name for v in g.inputs if v.name not in inputs]
-    if missing:
-        raise ExecutionError(f"missing graph inputs: {', '.join('%' + m for m in missing)}")
-    for v in g.inputs:
-        arr = np.asarray(inputs[v.name])
-        check_value(v, arr, dims, "input")
-        env[v] = arr
-    frees = last_uses(g)
-    for op in g.ops:
-        args = [_fetch(env, v, weights, dims, check_types) for v in op.inputs]
-        try:
-            results = get_op(op.kind).run(args, op.attrs)
-        except LlmcError:
-            raise
-        except Exception as e:  # a kernel failure: report the IR line
-            raise ExecutionError(f"{_where(op)}: {type(e).__name__}: {e}") from e
-        for v, arr in zip(op.outputs, results):
-            arr = np.asarray(arr)
-            if check_types:
-                try:
-                    check_value(v, arr, dims, "result")
-                except ExecutionError as e:
-                    raise ExecutionError(f"{_where(op)}: {e}") from None
-            env[v] = arr
-        for v in frees.get(op, ()):
-            env.pop(v, None)
-    return [_fetch(env, v, weights, dims, check_types) for v in g.outputs]
+    return Interpreter(g, weights, check_types=check_types).run(inputs)
 
 
-def _fetch(env, v: Value, weights, dims, check_types) -> np.ndarray:
-    if v.is_param:
-        try:
-            arr = weights[v.name]
-        except KeyError:
-            raise ExecutionError(f"no weight for parameter {v.ref}") from None
-        arr = np.asarray(arr)
-        if check_types:
-            check_value(v, arr, dims, "parameter")
-        return arr
-    return env[v]
+def run_values(g: Graph, inputs: Mapping[str, np.ndarray],
+               weights: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Every input and op result of one run of `g`, by SSA name, in execution order."""
+    interp = Interpreter(g, weights, keep_values=True)
+    interp.run(inputs)
+    return interp.values
 
 
 def _where(op: Op) -> str:
@@ -131,3 +194,95 @@ def random_weights(g: Graph, dims: Mapping[str, int] | None = None, seed: int = 
         else:
             out[p.name] = rng.integers(0, 4, size=shape).astype(p.type.dtype.np)
     return out
+
+
+# ---- dumping values ---------------------------------------------------------------------
+DUMP_INDEX = "index.json"
+DUMP_FORMAT = "llmc-values/1"
+
+
+def write_values(out_dir: str | Path, graph: Graph, values: Mapping[str, np.ndarray]) -> Path:
+    """Write `values` (from `run_values`) as one `<name>.npy` per value plus `index.json`.
+
+    The directory appears whole or not at all: it is written beside OUT and renamed into
+    place. OUT may be new, empty, or an earlier dump (replaced); anything else is refused
+    so that a typo cannot delete a user's directory. bf16 values are stored as f32 (exact;
+    `index.json` gives the graph dtype and the stored one)."""
+    out = Path(out_dir)
+    _check_dump_target(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    except OSError as e:
+        raise LlmcError(f"{out}: cannot create the value directory ({e.strerror or e})") from None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; follow the umask
+        index = _write_arrays(tmp, graph, values)
+        (tmp / DUMP_INDEX).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
+        _swap_dir(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LlmcError(f"{out}: cannot write the values ({e.strerror or e})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_dump_target(out: Path) -> None:
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise LlmcError(f"{out}: exists and is a symlink or not a directory; --dump-values "
+                        "needs a new, empty or earlier dump directory")
+    if not any(out.iterdir()):
+        return
+    try:
+        fmt = json.loads((out / DUMP_INDEX).read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        fmt = None
+    if fmt != DUMP_FORMAT:
+        raise LlmcError(f"{out}: is not empty and holds no earlier value dump "
+                        f"({DUMP_INDEX}); give a new or empty directory")
+
+
+def _write_arrays(tmp: Path, graph: Graph, values: Mapping[str, np.ndarray]) -> dict:
+    producers = {v.name: op for op in graph.ops for v in op.outputs}
+    taken: set[str] = set()
+    rows = []
+    for name, arr in values.items():
+        stem = name if name.lower() not in taken else f"{name}.{len(taken)}"
+        taken.add(stem.lower())
+        stored = arr.astype(np.float32) if arr.dtype == DType.bf16.np else arr
+        np.save(tmp / f"{stem}.npy", stored, allow_pickle=False)
+        op = producers.get(name)
+        rows.append({"name": name, "file": f"{stem}.npy",
+                     "dtype": DType.from_np(arr.dtype).value,
+                     "stored_dtype": DType.from_np(stored.dtype).value,
+                     "shape": list(arr.shape),
+                     "op": op.kind if op else "input",
+                     "line": op.loc[0] if op and op.loc else None})
+    return {"format": DUMP_FORMAT, "graph": graph.name, "values": rows,
+            "outputs": [v.name for v in graph.outputs]}
+
+
+def _swap_dir(tmp: Path, out: Path) -> None:
+    """Rename tmp to out; an existing out is moved aside first and removed after."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    os.replace(out, old / "dump")
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(old / "dump", out)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

@@ -6,9 +6,13 @@
   fixtures cover: Llama (MHA/GQA, RoPE with optional linear scaling) and Baichuan2
   (``W_pack`` split, RoPE for 7B, ALiBi with Baichuan's interleaved slopes for 13B,
   NormHead).  :func:`baichuan_logits` and :func:`reference_logits` wrap it.
-* :func:`baichuan7b_as_llama` turns a Baichuan2-7B fixture into an equivalent
+* :func:`baichuan7b_as_llama` (in reference_conversions.py) turns a Baichuan2-7B fixture into an equivalent
   ``LlamaForCausalLM`` checkpoint, :func:`bloom_alibi_bias` exposes transformers' BLOOM
   ALiBi for cross-checking slopes.
+
+Which position scheme a Baichuan checkpoint uses is taken from the fixture's architecture
+(``arch``, e.g. ``"baichuan2_13b"``), never decided from its config: the product reads that
+from the config, and a shared rule would let a wrong decision pass both sides.
 
 Semantics re-implemented from Baichuan2's ``modeling_baichuan.py`` (7B and 13B):
 RMSNorm with the variance in float32; ``W_pack`` output split as ``[Q | K | V]`` blocks of
@@ -36,6 +40,18 @@ try:
     from frontends import fixtures
 except ImportError:  # installed as the llmc package
     from llmc.frontends import fixtures
+
+from reference_conversions import (  # noqa: F401  (re-exported for the tests)
+    baichuan7b_as_llama,
+    load_paddlenlp_as_hf,
+    merge_paddlenlp_tp,
+    unfuse_paddlenlp_qkv,
+)
+
+# Baichuan2-13B's modeling_baichuan.py adds ALiBi biases; every other architecture the
+# fixtures write (Llama variants, Baichuan2-7B) uses RoPE.
+ALIBI_ARCHES = ("baichuan2_13b",)
+BAICHUAN_ARCHES = ("baichuan2_7b", "baichuan2_13b")
 
 ArrayLike = np.ndarray | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
 
@@ -97,8 +113,9 @@ class DecoderSpec:
     norm_head: bool
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "DecoderSpec":
-        """Read HF Llama (4.x or 5.x style), HF Baichuan2, PaddleNLP or PaddleFormers configs."""
+    def from_config(cls, cfg: dict, arch: str | None = None) -> "DecoderSpec":
+        """Read HF Llama (4.x or 5.x style), HF Baichuan2, PaddleNLP or PaddleFormers configs;
+        ALiBi or RoPE comes from ``arch`` (required for a Baichuan config)."""
         params = cfg.get("rope_parameters") or {}
         scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
         scaling_type = scaling.get("rope_type", scaling.get("type")) or cfg.get("rope_scaling_type")
@@ -114,9 +131,24 @@ class DecoderSpec:
             eps=cfg["rms_norm_eps"],
             rope_theta=float(cfg.get("rope_theta") or params.get("rope_theta") or 10000.0),
             rope_linear_factor=float(factor) if scaling_type == "linear" else 1.0,
-            alibi=fixtures.uses_alibi(cfg),
+            alibi=_alibi_from_arch(cfg, arch),
             norm_head=cfg.get("model_type") == "baichuan",
         )
+
+
+def _looks_baichuan(cfg: dict) -> bool:
+    return cfg.get("model_type") == "baichuan" or "alibi" in cfg
+
+
+def _alibi_from_arch(cfg: dict, arch: str | None) -> bool:
+    if arch is None:
+        if _looks_baichuan(cfg):
+            raise ValueError("a Baichuan checkpoint: pass arch= (the fixture's architecture), "
+                             "which decides ALiBi or RoPE for the reference")
+        return False
+    if arch not in fixtures.ARCHES:
+        raise ValueError(f"unknown fixture architecture {arch!r}")
+    return arch in ALIBI_ARCHES
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -142,14 +174,15 @@ class ReferenceDecoder(torch.nn.Module):
         self.head_dim = spec.hidden // spec.heads
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path) -> "ReferenceDecoder":
-        """Load any fixture directory (HF safetensors, PaddleNLP pdparams or PaddleFormers)."""
+    def from_dir(cls, model_dir: str | Path, arch: str | None = None) -> "ReferenceDecoder":
+        """Load any fixture directory (HF safetensors, PaddleNLP pdparams or PaddleFormers);
+        ``arch`` is the fixture's architecture (required for Baichuan directories)."""
         cfg = _read_config(model_dir)
         if any(Path(model_dir).glob("model_state*.pdparams")):
             weights = load_paddlenlp_as_hf(model_dir)
         else:
             weights = fixtures.read_safetensors_dir(model_dir)
-        return cls(DecoderSpec.from_config(cfg), weights)
+        return cls(DecoderSpec.from_config(cfg, arch), weights)
 
     def with_spec(self, **changes) -> "ReferenceDecoder":
         """The same weights under a modified :class:`DecoderSpec` (e.g. ``alibi=False``)."""
@@ -244,23 +277,30 @@ def greedy_generate(
     return ids.numpy()
 
 
-def reference_logits(model_dir: str | Path, input_ids: ArrayLike) -> np.ndarray:
+def reference_logits(
+    model_dir: str | Path, input_ids: ArrayLike, arch: str | None = None
+) -> np.ndarray:
     """Logits of any fixture directory computed by :class:`ReferenceDecoder`."""
-    return ReferenceDecoder.from_dir(model_dir)(_as_ids(input_ids)).numpy()
+    return ReferenceDecoder.from_dir(model_dir, arch)(_as_ids(input_ids)).numpy()
 
 
-def baichuan_logits(model_dir: str | Path, input_ids: ArrayLike) -> np.ndarray:
-    """Logits of an HF Baichuan2 (7B RoPE or 13B ALiBi) checkpoint directory."""
-    if _read_config(model_dir).get("model_type") != "baichuan":
-        raise ValueError(f"{model_dir} is not a Baichuan checkpoint")
-    return reference_logits(model_dir, input_ids)
+def baichuan_logits(model_dir: str | Path, input_ids: ArrayLike, arch: str) -> np.ndarray:
+    """Logits of an HF Baichuan2 checkpoint directory of fixture architecture ``arch``
+    (``baichuan2_7b``: RoPE, ``baichuan2_13b``: ALiBi)."""
+    if _read_config(model_dir).get("model_type") != "baichuan" or arch not in BAICHUAN_ARCHES:
+        raise ValueError(f"{model_dir} ({arch}) is not a Baichuan checkpoint")
+    return reference_logits(model_dir, input_ids, arch)
 
 
 def baichuan_generate(
-    model_dir: str | Path, input_ids: ArrayLike, max_new_tokens: int = 32, stop_at_eos: bool = True
+    model_dir: str | Path,
+    input_ids: ArrayLike,
+    max_new_tokens: int = 32,
+    stop_at_eos: bool = True,
+    arch: str | None = None,
 ) -> np.ndarray:
     """Greedy generation with the Baichuan reference (full recompute per step)."""
-    model = ReferenceDecoder.from_dir(model_dir)
+    model = ReferenceDecoder.from_dir(model_dir, arch)
     eos = _read_config(model_dir).get("eos_token_id") if stop_at_eos else None
     return greedy_generate(model, _as_ids(input_ids), max_new_tokens, eos)
 
@@ -268,9 +308,8 @@ def baichuan_generate(
 # --------------------------------------------------------------------------- transformers
 
 
-def _is_baichuan(model_dir: str | Path) -> bool:
-    cfg = _read_config(model_dir)
-    return cfg.get("model_type") == "baichuan" or fixtures.uses_alibi(cfg)
+def _is_baichuan(model_dir: str | Path, arch: str | None) -> bool:
+    return arch in BAICHUAN_ARCHES or _looks_baichuan(_read_config(model_dir))
 
 
 def load_hf_model(model_dir: str | Path):
@@ -280,16 +319,23 @@ def load_hf_model(model_dir: str | Path):
     return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
 
 
-def hf_logits(model_dir: str | Path, input_ids: ArrayLike) -> np.ndarray:
-    """Logits ``[batch, seq, vocab]`` from transformers (Baichuan: :func:`baichuan_logits`)."""
-    if _is_baichuan(model_dir):
-        return reference_logits(model_dir, input_ids)
+def hf_logits(
+    model_dir: str | Path, input_ids: ArrayLike, arch: str | None = None
+) -> np.ndarray:
+    """Logits ``[batch, seq, vocab]`` from transformers; Baichuan directories (``arch`` is
+    required for them) go to :class:`ReferenceDecoder`, as transformers has no Baichuan."""
+    if _is_baichuan(model_dir, arch):
+        return reference_logits(model_dir, input_ids, arch)
     with torch.no_grad():
         return load_hf_model(model_dir)(_as_ids(input_ids)).logits.float().numpy()
 
 
 def hf_generate(
-    model_dir: str | Path, input_ids: ArrayLike, max_new_tokens: int = 32, stop_at_eos: bool = True
+    model_dir: str | Path,
+    input_ids: ArrayLike,
+    max_new_tokens: int = 32,
+    stop_at_eos: bool = True,
+    arch: str | None = None,
 ) -> np.ndarray:
     """Greedy ``generate`` (KV cache) returning prompt + new ids, ``[batch, total]`` int64.
 
@@ -297,8 +343,8 @@ def hf_generate(
     semantics; finished rows are padded with ``pad_token_id``); otherwise exactly
     ``max_new_tokens`` tokens are produced.
     """
-    if _is_baichuan(model_dir):
-        return baichuan_generate(model_dir, input_ids, max_new_tokens, stop_at_eos)
+    if _is_baichuan(model_dir, arch):
+        return baichuan_generate(model_dir, input_ids, max_new_tokens, stop_at_eos, arch)
     from transformers import GenerationConfig
 
     model = load_hf_model(model_dir)
@@ -309,112 +355,3 @@ def hf_generate(
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gen)
     return out.numpy()
-
-
-# --------------------------------------------------------------------------- conversions
-
-
-def load_paddlenlp_as_hf(model_dir: str | Path) -> dict[str, np.ndarray]:
-    """Read a PaddleNLP fixture (single, TP-sharded and/or fused qkv) back into HF Llama naming."""
-    import paddle
-
-    model_dir = Path(model_dir)
-    cfg = _read_config(model_dir)
-    files = sorted(model_dir.glob("model_state.tp*.pdparams")) or [
-        model_dir / "model_state.pdparams"
-    ]
-    shards = [paddle.load(str(f), return_numpy=True) for f in files]
-    state = merge_paddlenlp_tp(shards, cfg) if len(shards) > 1 else shards[0]
-    state = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
-    if cfg.get("fuse_attention_qkv"):
-        state = unfuse_paddlenlp_qkv(state, cfg)
-    out = {}
-    for name, w in state.items():
-        hf_name = "model." + name[len("llama.") :] if name.startswith("llama.") else name
-        transpose = w.ndim == 2 and not name.endswith("embed_tokens.weight")
-        out[hf_name] = np.ascontiguousarray(w.T) if transpose else w
-    return out
-
-
-def merge_paddlenlp_tp(shards: list[dict], cfg: dict) -> dict[str, np.ndarray]:
-    """Concatenate PaddleNLP TP rank state dicts: column-parallel on the last axis, row-parallel
-    (o/down proj, embedding) on axis 0, replicated tensors taken from rank 0."""
-    tp = len(shards)
-    vocab_ok = cfg["vocab_size"] % tp == 0
-    kv_ok = (cfg.get("num_key_value_heads") or cfg["num_attention_heads"]) % tp == 0
-    merged = {}
-    for name, w0 in shards[0].items():
-        if not isinstance(w0, np.ndarray):
-            continue
-        if (name.endswith("embed_tokens.weight") and vocab_ok) or any(
-            s in name for s in (".o_proj.", ".down_proj.")
-        ):
-            axis = 0
-        elif (
-            (name == "lm_head.weight" and vocab_ok)
-            or any(s in name for s in (".q_proj.", ".qkv_proj.", ".gate_proj.", ".up_proj."))
-            or (kv_ok and any(s in name for s in (".k_proj.", ".v_proj.")))
-        ):
-            axis = 1
-        else:
-            merged[name] = w0
-            continue
-        merged[name] = np.concatenate([s[name] for s in shards], axis=axis)
-    return merged
-
-
-def unfuse_paddlenlp_qkv(state: dict[str, np.ndarray], cfg: dict) -> dict[str, np.ndarray]:
-    """Split PaddleNLP ``qkv_proj`` (per KV head: query heads of the group, k, v) into q/k/v."""
-    heads = cfg["num_attention_heads"]
-    kv_heads = cfg.get("num_key_value_heads") or heads
-    group = heads // kv_heads
-    out = {}
-    for name, w in state.items():
-        if not name.endswith("qkv_proj.weight"):
-            out[name] = w
-            continue
-        blocks = np.split(w, heads + 2 * kv_heads, axis=1)
-        q, k, v = [], [], []
-        for g in range(kv_heads):
-            chunk = blocks[g * (group + 2) : (g + 1) * (group + 2)]
-            q += chunk[:group]
-            k.append(chunk[group])
-            v.append(chunk[group + 1])
-        prefix = name[: -len("qkv_proj.weight")]
-        for proj, parts in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
-            out[f"{prefix}{proj}.weight"] = np.concatenate(parts, axis=1)
-    return out
-
-
-def baichuan7b_as_llama(model_dir: str | Path, out_dir: str | Path) -> Path:
-    """Convert a Baichuan2-7B checkpoint to an equivalent HF ``LlamaForCausalLM`` checkpoint
-    (``W_pack`` split into q/k/v, ``lm_head`` rows L2-normalised, RoPE theta 1e4)."""
-    cfg = _read_config(model_dir)
-    if fixtures.uses_alibi(cfg):
-        raise ValueError("ALiBi Baichuan (13B) has no Llama equivalent")
-    h = cfg["hidden_size"]
-    llama = fixtures.baichuan_to_llama_weights(fixtures.read_safetensors_dir(model_dir), h)
-    out = Path(out_dir)
-    fixtures.write_safetensors(out, llama, metadata={"format": "pt"})
-    llama_cfg = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": h,
-        "intermediate_size": cfg["intermediate_size"],
-        "num_hidden_layers": cfg["num_hidden_layers"],
-        "num_attention_heads": cfg["num_attention_heads"],
-        "num_key_value_heads": cfg["num_attention_heads"],
-        "hidden_act": cfg.get("hidden_act", "silu"),
-        "max_position_embeddings": cfg.get("max_position_embeddings", cfg.get("model_max_length")),
-        "rms_norm_eps": cfg["rms_norm_eps"],
-        "rope_theta": 10000.0,
-        "rope_scaling": None,
-        "tie_word_embeddings": False,
-        "vocab_size": cfg["vocab_size"],
-        "torch_dtype": "float32",
-        "bos_token_id": cfg.get("bos_token_id", 1),
-        "eos_token_id": cfg.get("eos_token_id", 2),
-        "pad_token_id": cfg.get("pad_token_id", 0),
-    }
-    (out / "config.json").write_text(json.dumps(llama_cfg, indent=2) + "\n")
-    return out

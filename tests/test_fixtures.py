@@ -271,9 +271,10 @@ def test_fused_qkv_layout(written, arch):
 
 @pytest.mark.parametrize("arch", fx.ARCHES)
 def test_paddle_and_paddleformers_logits_equal_hf(written, arch):
-    ref = rm.hf_logits(_dir(written, arch, "hf"), IDS)
+    ref = rm.hf_logits(_dir(written, arch, "hf"), IDS, arch=arch)
     for fmt in ("paddle", "paddle-tp2", "paddle-fused", "paddleformers"):
-        assert _rel_err(rm.reference_logits(_dir(written, arch, fmt), IDS), ref) <= 1e-5, fmt
+        ours = rm.reference_logits(_dir(written, arch, fmt), IDS, arch=arch)
+        assert _rel_err(ours, ref) <= 1e-5, fmt
 
 
 # --------------------------------------------------------------------------- Baichuan references
@@ -282,13 +283,13 @@ def test_paddle_and_paddleformers_logits_equal_hf(written, arch):
 def test_baichuan7b_reference_equals_transformers_llama(written, tmp_path):
     path = _dir(written, "baichuan2_7b", "hf")
     converted = rm.baichuan7b_as_llama(path, tmp_path / "as_llama")
-    ours = rm.baichuan_logits(path, IDS)
+    ours = rm.baichuan_logits(path, IDS, arch="baichuan2_7b")
     theirs = rm.hf_logits(converted, IDS)
     assert _rel_err(ours, theirs) <= 1e-5
 
 
 def test_baichuan13b_alibi_and_normhead_matter(written):
-    model = rm.ReferenceDecoder.from_dir(_dir(written, "baichuan2_13b", "hf"))
+    model = rm.ReferenceDecoder.from_dir(_dir(written, "baichuan2_13b", "hf"), "baichuan2_13b")
     ids = torch.as_tensor(IDS)
     logits = model(ids).numpy()
     for change in ({"alibi": False}, {"norm_head": False}):
@@ -314,7 +315,7 @@ def test_generate_matches_reference_greedy(written):
     prompt = IDS[:, :5]
     ours = rm.greedy_generate(rm.ReferenceDecoder.from_dir(path), torch.as_tensor(prompt), 12, None)
     np.testing.assert_array_equal(rm.hf_generate(path, prompt, 12, stop_at_eos=False), ours)
-    baichuan = rm.hf_generate(_dir(written, "baichuan2_13b", "hf"), prompt, 6)
+    baichuan = rm.hf_generate(_dir(written, "baichuan2_13b", "hf"), prompt, 6, arch="baichuan2_13b")
     assert baichuan.shape[1] <= prompt.shape[1] + 6 and (baichuan[:, :5] == prompt).all()
 
 

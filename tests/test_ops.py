@@ -192,3 +192,18 @@ def test_alibi_slopes_power_of_two_and_not():
     assert len(s) == 40
     np.testing.assert_allclose(s[:32], alibi_slopes(32), rtol=1e-6)
     np.testing.assert_allclose(s[32:], alibi_slopes(64)[0::2][:8], rtol=1e-6)
+
+
+def test_every_op_has_a_test_against_its_formula():
+    """Each registered op is listed by a test_kernels_* module that checks it against values
+    written from the op's formula (not against another in-repo kernel)."""
+    import test_kernels_attention
+    import test_kernels_layer
+    import test_kernels_math
+    import test_kernels_tensor
+
+    modules = (test_kernels_math, test_kernels_tensor, test_kernels_attention, test_kernels_layer)
+    listed = [name for m in modules for name in m.FORMULA_OPS]
+    assert len(listed) == len(set(listed)), "an op is listed twice"
+    assert sorted(set(REGISTRY) - set(listed)) == [], "ops without a formula test"
+    assert sorted(set(listed) - set(REGISTRY)) == []

@@ -1,8 +1,12 @@
 """PaddleNLP checkpoints saved with `fuse_attention_qkv` (one `qkv_proj` per layer, output
-features grouped per KV head as [the group's query heads, k, v]) give the HF checkpoint's
-logits in both graph forms, with the de-interleave done by graph ops, not a weight copy.
+features grouped per KV head as [the group's query heads, k, v]) give the reference logits
+of the same weights unfused, in both graph forms, with the de-interleave done by graph ops,
+not a weight copy.
 
-Error measure: max|ours - ref| / max|ref| over the logits, both on the reference interpreter.
+The oracle is outside llmc: transformers' LlamaForCausalLM on the HF checkpoint of the same
+weights (separate q/k/v), or for Baichuan2-13B (no transformers class) the torch
+re-implementation in reference_models.py. Error measure: max|ours - ref| / max|ref| over
+the logits.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import sys
 
 import numpy as np
 import pytest
+import reference_models as rm
 
 from llmc import api
 from llmc.cli import main
@@ -21,7 +26,7 @@ from llmc.frontends.loader import config_param_shapes, open_checkpoint
 from llmc.runtime.generate import Generator, full_logits, generate
 
 ARCHES = ["llama", "llama_gqa", "baichuan2_13b"]
-TOL = 1e-5
+TOL = 5e-6  # the order of the README's parity figures
 PROMPT_LEN, SEQ = 4, 9
 
 
@@ -82,33 +87,40 @@ def test_graph_params_are_the_checkpoint_tensors(arch, form, checkpoint_dir):
     assert len(qkv.users) == 1  # one linear (full) or one reshape feeding one linear (inference)
 
 
+def reference(checkpoint_dir, arch: str, ids: np.ndarray) -> np.ndarray:
+    """Logits of the unfused HF checkpoint of the same weights, from transformers (or the
+    torch Baichuan re-implementation)."""
+    return rm.hf_logits(checkpoint_dir(arch, "hf"), ids, arch=arch)
+
+
 @pytest.mark.parametrize("arch", ARCHES)
-def test_full_form_gives_the_hf_logits(arch, checkpoint_dir):
-    fused, hf = pair(checkpoint_dir, arch)
+def test_full_form_matches_the_reference_on_unfused_weights(arch, checkpoint_dir):
+    fused = open_checkpoint(checkpoint_dir(arch, "paddle-fused"))
     ids = token_ids(1, (2, SEQ))
     got = full_logits(build_full(fused.config, fused.naming), fused.weights, ids)
-    want = full_logits(build_full(hf.config, hf.naming), hf.weights, ids)
-    assert rel_err(got, want) <= TOL
+    assert rel_err(got, reference(checkpoint_dir, arch, ids)) <= TOL
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-def test_full_form_with_core_ops_gives_the_hf_logits(arch, checkpoint_dir):
-    fused, hf = pair(checkpoint_dir, arch)
+def test_full_form_with_core_ops_matches_the_reference_on_unfused_weights(arch, checkpoint_dir):
+    fused = open_checkpoint(checkpoint_dir(arch, "paddle-fused"))
     ids = token_ids(2, (1, SEQ))
     got = full_logits(build_full(fused.config, fused.naming, decomposed=False), fused.weights, ids)
-    want = full_logits(build_full(hf.config, hf.naming), hf.weights, ids)
-    assert rel_err(got, want) <= TOL
+    assert rel_err(got, reference(checkpoint_dir, arch, ids)) <= TOL
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-def test_inference_form_gives_the_hf_logits(arch, checkpoint_dir):
-    fused, hf = pair(checkpoint_dir, arch)
+def test_inference_form_matches_the_reference_on_unfused_weights(arch, checkpoint_dir):
+    fused = open_checkpoint(checkpoint_dir(arch, "paddle-fused"))
     ids = token_ids(3, (2, SEQ))
-    assert rel_err(inference_logits(fused, ids), inference_logits(hf, ids)) <= TOL
+    want = reference(checkpoint_dir, arch, ids)[:, PROMPT_LEN - 1:]
+    assert rel_err(inference_logits(fused, ids), want) <= TOL
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-def test_greedy_generation_is_identical(arch, checkpoint_dir):
+def test_greedy_generation_equals_llmc_on_the_unfused_checkpoint(arch, checkpoint_dir):
+    """Same tokens from the fused and the unfused checkpoint (llmc on both: the logits
+    tests above hold the external oracle)."""
     fused, hf = pair(checkpoint_dir, arch)
     prompts = [list(token_ids(4, 7)), list(token_ids(5, 3))]
     got = generate(build_inference(fused.config, fused.naming), fused.weights, prompts, 16)

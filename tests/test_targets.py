@@ -8,6 +8,7 @@ from llmc.compiler.errors import LlmcError
 from llmc.compiler.passmanager import PassContext
 from llmc.compiler.text import parse, print_graph
 from llmc.frontends.config import parse_config
+from llmc.frontends.fixtures import ARCHES as FIXTURE_ARCHES
 from llmc.frontends.fixtures import random_weights as fixture_weights
 from llmc.frontends.fixtures import tiny_config
 from llmc.frontends.naming import naming_for
@@ -18,7 +19,8 @@ from llmc.runtime.reference import run
 from llmc import api
 from llmc.compile import build_graph, model_facts
 
-ARCHES = ["llama", "llama_gqa", "llama_rope_scaling", "baichuan2_7b", "baichuan2_13b"]
+# every architecture the fixtures write, Chinese-LLaMA-2 (vocab 55296) included
+ARCHES = list(FIXTURE_ARCHES)
 PROMPTS = [[1, 17, 42, 9, 200], [3, 4]]
 
 
@@ -89,6 +91,11 @@ def test_ascend_pipeline_runs_the_vendor_passes_in_order():
     kinds = after.op_counts()
     assert kinds["fused_blha_layer"] == 3 and kinds["lm_head"] == 1 and kinds["remove_padding"] == 1
     assert "block_multihead_attention" not in kinds and "fused_rms_norm" not in kinds
+
+
+def test_every_supported_architecture_is_covered():
+    assert {"llama", "llama_gqa", "llama_rope_scaling", "baichuan2_7b", "baichuan2_13b",
+            "chinese_llama2"} <= set(ARCHES)
 
 
 def test_unknown_target_lists_known_ones():
