@@ -72,12 +72,11 @@ def test_inspect_writes_nothing(monkeypatch, capsys, ckpts, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("as_file", [False, True])
-def test_inspect_13b_config_only(monkeypatch, capsys, tmp_path, as_file):
+def test_inspect_13b_config_only(monkeypatch, capsys, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(LLAMA2_13B))
-    target = tmp_path / "config.json" if as_file else tmp_path
     t0 = time.perf_counter()
-    code, stdout, err = run_cli(monkeypatch, capsys, "inspect", target, "--json")
+    code, stdout, err = run_cli(monkeypatch, capsys, "inspect", "--config",
+                                tmp_path / "config.json", "--json")
     elapsed = time.perf_counter() - t0
     assert code == 0, err
     s = json.loads(stdout)
