@@ -69,9 +69,10 @@ def main(workdir: str = "demo-out", target: str = "ascend910b", arch: str = "lla
     work = Path(workdir)
     ckpt_dir = write_numpy_hf_checkpoint(work / f"tiny-{arch}", arch)
     say(f"==> wrote a tiny random {arch} checkpoint (HF safetensors + tokenizer.json) to {ckpt_dir}")
-    say(f"==> llmc compile {ckpt_dir} --target {target}")
+    art_dir = work / f"tiny-{arch}.{target}"
+    say(f"==> llmc compile {ckpt_dir} --target {target} -o {art_dir}")
     compiled = compile_model(ckpt_dir, target, log=say)
-    art_dir = write_artifact(compiled, work / f"tiny-{arch}.{target}")
+    write_artifact(compiled, art_dir)
     say(f"    {compiled.report['ops_in']} -> {compiled.report['ops_out']} ops; artifact: {art_dir}")
 
     art = load_artifact(art_dir)
