@@ -182,6 +182,9 @@ def main() -> None:
     except LlmcError as e:
         _err(f"error: {e}")
         sys.exit(2)
+    except RecursionError:  # a last resort: readers should name the file themselves
+        _err(f"error: llmc {' '.join(sys.argv[1:])}: an input is nested too deeply to read")
+        sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
         _err("interrupted")
         sys.exit(130)

@@ -202,3 +202,10 @@ def test_an_unreadable_artifact_file_is_one_located_line(monkeypatch, capsys, co
     write(text)
     expect_refusal(monkeypatch, capsys, tmp_path, "generate", art, "--ids", "1",
                    needles=(f"{art / name}: {needle}",))
+
+
+def test_deeply_nested_ir_is_one_line_naming_the_file(monkeypatch, capsys, tmp_path):
+    deep = tmp_path / "deep.llmc"
+    deep.write_text("graph @g(%x: f32[2]) {\n  %y = neg(%x) {a = " + "[" * 5000 + "]" * 5000
+                    + "} : f32[2]\n  return %y\n}\n")
+    expect_refusal(monkeypatch, capsys, tmp_path, "opt", deep, needles=("deep.llmc",))
