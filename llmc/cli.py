@@ -2,23 +2,33 @@
 
 Heavy imports (numpy kernels, paddle, onnxruntime, torch) happen inside
 commands, so `llmc --help` stays fast. User errors print one located message
-and exit with code 2, never a traceback.
+and exit with code 2, never a traceback. The checkpoint commands (import,
+inspect, compile, generate, fixture, demo) live in cli_model.py.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
+
+from llmc import __version__
+from llmc.compiler.errors import IRSyntaxError, LlmcError
+
+try:  # typer vendors click since 0.2x; older releases use click itself
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+from . import cli_model
+from .options import Emit, Force, JsonOut, Target, echo_json, with_instruments
 
 app = typer.Typer(
     name="llmc",
     help="llmc: an open, testable graph compiler for LLaMA-family models "
     "(Ascend 910B, MLU370, BI-150, CUDA, CPU).",
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -30,42 +40,33 @@ def _err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-def _instruments(print_ir_before, print_ir_after, print_ir_after_all, dump_dir, disable_pass,
-                 verify_each):
-    from llmc.compiler.passmanager import Instruments
-
-    def names(xs):
-        return {n.strip() for x in (xs or []) for n in x.split(",") if n.strip()}
-
-    return Instruments(print_ir_before=names(print_ir_before), print_ir_after=names(print_ir_after),
-                       print_ir_after_all=print_ir_after_all, dump_dir=dump_dir,
-                       disabled=names(disable_pass), verify_each=verify_each)
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmc {__version__}")
+        raise typer.Exit()
 
 
-PrintBefore = typer.Option(None, "--print-ir-before", help="Print the IR (to stderr) before the named pass.")
-PrintAfter = typer.Option(None, "--print-ir-after", help="Print the IR (to stderr) after the named pass.")
-PrintAfterAll = typer.Option(False, "--print-ir-after-all", help="Print the IR after every pass.")
-DumpDir = typer.Option(None, "--dump-dir", help="Write the IR after each pass to DIR/NNN_<pass>.llmc.")
-DisablePass = typer.Option(None, "--disable-pass", help="Skip the named pass (repeatable, or comma-separated).")
-VerifyEach = typer.Option(False, "--verify-each", help="Run the verifier after every pass.")
-JsonOut = typer.Option(False, "--json", help="Print a machine-readable JSON report on stdout.")
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print llmc's version and exit."),
+):
+    """llmc: an open, testable graph compiler for LLaMA-family models
+    (Ascend 910B, MLU370, BI-150, CUDA, CPU)."""
 
 
 @app.command()
+@with_instruments
 def opt(
     file: Path = typer.Argument(..., help="IR text file (.llmc); '-' reads stdin."),
     pipeline: str = typer.Option("", "-p", "--passes", help="Comma-separated passes, e.g. 'dce,cse,canonicalize'; options as name{opt=v}."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the result here (atomically) instead of stdout."),
-    emit: str = typer.Option("ir", "--emit", help="Output form: 'ir' (text format) or 'dot' (Graphviz)."),
+    emit: Emit = typer.Option("ir", "--emit", help="Output form: the IR text format or Graphviz."),
     split_input_file: bool = typer.Option(False, "--split-input-file", help="Treat '// -----' lines as separators between independent cases."),
-    print_ir_before: Optional[List[str]] = PrintBefore,
-    print_ir_after: Optional[List[str]] = PrintAfter,
-    print_ir_after_all: bool = PrintAfterAll,
-    dump_dir: Optional[str] = DumpDir,
-    disable_pass: Optional[List[str]] = DisablePass,
-    verify_each: bool = VerifyEach,
     json_out: bool = JsonOut,
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Do not print the pass log."),
+    force: bool = Force,
+    instruments=None,
 ):
     """Parse IR, run passes, print the result (like mlir-opt / xdsl-opt).
 
@@ -74,18 +75,17 @@ def opt(
     """
     from llmc import api
     from llmc.compiler.text import decode_text, split_cases
+    from llmc.overwrite import refuse_overwriting_inputs
 
-    if emit not in ("ir", "dot"):
-        raise api.LlmcError(f"--emit must be 'ir' or 'dot', got '{emit}'")
     name = "<stdin>" if str(file) == "-" else str(file)
+    refuse_overwriting_inputs([output], files=[] if name == "<stdin>" else [file], force=force)
     data = sys.stdin.read() if name == "<stdin>" else api.read_text(file)
     cases = split_cases(decode_text(data, name)) if split_input_file else [(0, data)]
-    inst = _instruments(print_ir_before, print_ir_after, print_ir_after_all, dump_dir,
-                        disable_pass, verify_each)
     outs, reports = [], []
     for _, text in cases:
         g = api.parse(text, name)
-        records = api.run_pipeline(g, pipeline, inst, log=None if (quiet or json_out) else _err,
+        records = api.run_pipeline(g, pipeline, instruments,
+                                   log=None if (quiet or json_out) else _err,
                                    emit_ir=lambda h, t: _err(f"{h}\n{t}"))
         if pipeline:
             from llmc.compiler.verifier import verify
@@ -96,9 +96,7 @@ def opt(
     result = "// -----\n".join(outs)
     if json_out:
         doc = reports[0] if len(reports) == 1 else {"cases": reports}
-        if output is None:
-            doc = dict(doc, output=result)
-        typer.echo(json.dumps(doc, indent=2))
+        echo_json(doc if output is not None else dict(doc, output=result))
     if output is not None:
         api.write_atomic(output, result)
     elif not json_out:
@@ -128,11 +126,14 @@ def run(
              "(name, file, dtype, shape, op, line, in execution order). DIR is written "
              "atomically and must be new, empty, or an earlier dump (which it replaces)."),
     json_out: bool = JsonOut,
+    force: bool = Force,
 ):
     """Run a graph on the numpy reference interpreter and write its outputs."""
     from llmc import api
+    from llmc.overwrite import refuse_overwriting_inputs
     from llmc.runtime.reference import Interpreter, write_values
 
+    refuse_overwriting_inputs([output], files=[file, inputs, weights], force=force)
     if dump_values is not None:
         _refuse_inside(dump_values, {"FILE": file, "--inputs": inputs, "--weights": weights,
                                      "--output": output})
@@ -150,7 +151,7 @@ def run(
         doc = {"output": str(output), "arrays": summary}
         if dump_values is not None:
             doc["values"] = {"dir": str(dump_values), "count": len(interp.values)}
-        typer.echo(json.dumps(doc, indent=2))
+        echo_json(doc)
     else:
         for k, s in summary.items():
             typer.echo(f"{k}: {s['dtype']}{s['shape']}")
@@ -161,7 +162,7 @@ def run(
 
 @app.command()
 def passes(
-    target: Optional[str] = typer.Option(None, "--target", "-t", help="Print this target's pipeline instead of every pass."),
+    target: Optional[Target] = typer.Option(None, "--target", "-t", help="Print this target's pipeline instead of every pass."),
     json_out: bool = JsonOut,
 ):
     """List registered passes with one-line docs (or a target's pipeline)."""
@@ -169,7 +170,7 @@ def passes(
 
     rows = api.list_passes(target)
     if json_out:
-        typer.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
     width = max((len(r["spec"]) for r in rows), default=0)
     if target:
@@ -179,212 +180,45 @@ def passes(
         typer.echo(f"{prefix}{r['spec']:<{width}}  {r['doc']}")
 
 
-@app.command()
-def demo(
-    target: str = typer.Option("ascend910b", "--target", "-t", help="Target to compile for."),
-    arch: str = typer.Option("llama_gqa", "--arch", help="Tiny architecture: llama, llama_gqa, llama_rope_scaling, baichuan2_7b, baichuan2_13b, chinese_llama2."),
-    workdir: str = typer.Option("demo-out", "--workdir", help="Where the checkpoint and artifact are written."),
-    prompt: str = typer.Option("The quick brown fox", "--prompt", "-p", help="Prompt to generate from."),
-    max_new_tokens: int = typer.Option(12, "--max-new-tokens", "-n", help="Tokens to generate."),
-    json_out: bool = JsonOut,
-):
-    """Write a tiny random checkpoint, compile it (pass log on screen), generate from the artifact."""
-    from llmc import demo as demo_mod
-    from llmc.compiler.errors import LlmcError
-    from llmc.frontends.fixtures import ARCHES
-
-    if arch not in ARCHES:
-        raise LlmcError(f"unknown demo architecture '{arch}'; known: {', '.join(ARCHES)}")
-    demo_mod.main(workdir=workdir, target=target, arch=arch, prompt=prompt,
-                  max_new_tokens=max_new_tokens, json_out=json_out, log=typer.echo)
+cli_model.register(app)
 
 
-ModelDir = typer.Argument(..., help="Model directory (config.json + weights), or a config .json.")
-AllowPickle = typer.Option(False, "--allow-pickle", help="Allow pytorch_model.bin (a pickle: only for trusted files).")
-Form = typer.Option("full", "--form", help="Graph form: 'full' (training / parity) or 'inference' (KV cache).")
-
-
-def _print_summary(s: dict) -> None:
-    rows = [("architecture", f"{s['architecture']} ({s['model']}, {s['family']} family)"),
-            ("shape", f"{s['layers']} layers, hidden {s['hidden_size']}, {s['heads']} heads "
-                      f"({s['kv_heads']} kv), vocab {s['vocab_size']}, {s['position']}"),
-            ("parameters", f"{s['params']:,} ({s['bytes'] / 2**20:,.1f} MiB, {s['dtype']})"),
-            ("weights", f"{s['weights']}; {s['format']}, {len(s['files'])} file(s)")]
-    if "output" in s:
-        rows.append(("wrote", f"{s['output']} ({s['form']} form, {s['ops']} ops)"))
-    for key, value in rows:
-        typer.echo(f"{key:<13} {value}")
-
-
-def _report(s: dict, json_out: bool) -> None:
-    if json_out:
-        typer.echo(json.dumps(s, indent=2))
-    else:
-        _print_summary(s)
-
-
-def _with_progress(fn, total: int, quiet: bool):
-    """Call fn(progress) with a rich progress bar on stderr over `total` tensors."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    console = Console(stderr=True)
-    if quiet or not console.is_terminal:
-        return fn(None)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("checking weights", total=total)
-        return fn(lambda _name: bar.advance(task))
-
-
-@app.command("import")
-def import_(
-    model_dir: Path = ModelDir,
-    output: Path = typer.Option(..., "-o", "--output", help="Where to write the IR text (atomically)."),
-    form: str = Form,
-    allow_pickle: bool = AllowPickle,
-    json_out: bool = JsonOut,
-):
-    """Map a checkpoint to IR: write the graph text (params by name) and print a summary."""
-    from llmc import api
-
-    ckpt = api.open_model(model_dir, allow_pickle)
-    s = _with_progress(lambda p: api.import_model(model_dir, output, form, allow_pickle, p, ckpt),
-                       len(ckpt.weights), json_out)
-    _report(s, json_out)
-
-
-@app.command()
-def inspect(
-    model_dir: Path = ModelDir,
-    form: str = Form,
-    allow_pickle: bool = AllowPickle,
-    json_out: bool = JsonOut,
-):
-    """Print a checkpoint's summary (architecture, parameters, bytes, dtype) without writing."""
-    from llmc import api
-
-    ckpt = api.open_model(model_dir, allow_pickle)
-    s = _with_progress(lambda p: api.inspect_model(model_dir, allow_pickle, form, p, ckpt=ckpt),
-                       len(ckpt.weights), json_out)
-    _report(s, json_out)
-
-
-@app.command("compile")
-def compile_(
-    model: Optional[Path] = typer.Argument(None, help="Model directory (config.json + weights)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Compile from a config.json alone (no weights)."),
-    target: str = typer.Option(..., "--target", "-t", help="ascend910b, mlu370, bi150, cuda or cpu."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Artifact directory (written atomically)."),
-    form: Optional[str] = typer.Option(None, "--form", help="Graph form: 'inference' or 'full' (default: the target's)."),
-    print_ir_before: Optional[List[str]] = PrintBefore,
-    print_ir_after: Optional[List[str]] = PrintAfter,
-    print_ir_after_all: bool = PrintAfterAll,
-    dump_dir: Optional[str] = DumpDir,
-    disable_pass: Optional[List[str]] = DisablePass,
-    verify_each: bool = VerifyEach,
-    json_out: bool = JsonOut,
-):
-    """Import a checkpoint (or config), run the target's pipeline, write the artifact.
-
-    The pass log goes to stderr: `--- Running IR pass [name]  matched N (expected M)  ...`.
-    """
-    from llmc.compile import check_output, compile_model, write_artifact
-    from llmc.compiler.errors import LlmcError
-
-    if (model is None) == (config is None):
-        raise LlmcError("compile: give a MODEL_DIR or --config FILE (exactly one)")
-    if output is not None:
-        check_output(output)  # before the pipeline runs
-    inst = _instruments(print_ir_before, print_ir_after, print_ir_after_all, dump_dir,
-                        disable_pass, verify_each)
-    c = compile_model(model or config, target, form, inst, log=None if json_out else _err,
-                      emit_ir=lambda h, t: _err(f"{h}\n{t}"))
-    if c.report["mismatches"]:
-        _err(f"WARNING: {len(c.report['mismatches'])} pass(es) matched other than the model predicts: "
-             f"{', '.join(c.report['mismatches'])}")
-    if output is not None:
-        write_artifact(c, output)
-    if json_out:
-        typer.echo(json.dumps(dict(c.report, output=str(output) if output else None), indent=2))
-    elif output is not None:
-        typer.echo(f"wrote {output} ({c.report['ops_in']} -> {c.report['ops_out']} ops, "
-                   f"{c.report['pipeline_ms']:.1f} ms)")
-
-
-@app.command()
-def generate(
-    artifact: Path = typer.Argument(..., help="A directory written by `llmc compile -o`."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt text (needs the checkpoint's tokenizer)."),
-    ids: Optional[str] = typer.Option(None, "--ids", help="Prompt token ids, comma-separated."),
-    max_new_tokens: int = typer.Option(16, "--max-new-tokens", "-n", help="Tokens to generate."),
-    json_out: bool = JsonOut,
-):
-    """Greedy generation from a compiled artifact of any target on the reference interpreter."""
-    from llmc.compile import generate as gen
-    from llmc.compile import load_artifact
-    from llmc.compiler.errors import LlmcError
-
-    if (prompt is None) == (ids is None):
-        raise LlmcError("generate: give --prompt TEXT or --ids 1,2,3 (exactly one)")
-    if max_new_tokens < 1:
-        raise LlmcError(f"generate: --max-new-tokens must be positive, got {max_new_tokens}")
-    art = load_artifact(artifact)
-    eos = art.report.get("config", {}).get("eos_token_id")
-    tok = None
-    if prompt is not None:
-        from llmc.frontends.tokenizer import load_tokenizer
-
-        tok = load_tokenizer(art.manifest["model_dir"])
-        prompt_ids = tok.encode(prompt)
-    else:
-        if any(not t.strip() for t in ids.split(",")):
-            raise LlmcError(f"generate: --ids has an empty item: '{ids}'")
-        try:
-            prompt_ids = [int(t) for t in ids.split(",")]
-        except ValueError:
-            raise LlmcError(f"generate: --ids must be comma-separated integers, got '{ids}'") from None
-    new = gen(art, prompt_ids, max_new_tokens, eos)
-    text = tok.decode(new) if tok is not None else None
-    if json_out:
-        typer.echo(json.dumps({"target": art.report.get("target"), "prompt_ids": prompt_ids,
-                               "new_ids": new, "text": text}, indent=2))
-    else:
-        typer.echo(text if text is not None else ",".join(map(str, new)))
-
-
-@app.command()
-def fixture(
-    out_dir: Path = typer.Argument(..., help="Directory to write the checkpoint into."),
-    arch: str = typer.Option("llama", "--arch", help="llama, llama_gqa, llama_rope_scaling, baichuan2_7b, baichuan2_13b, chinese_llama2."),
-    fmt: str = typer.Option("hf-numpy", "--format", "-f", help="hf (transformers save_pretrained), hf-numpy (no torch), hf-sharded, paddle, paddle-tp2, paddle-fused, paddleformers."),
-    seed: int = typer.Option(0, "--seed", help="Random seed of the weights."),
-):
-    """Write a tiny random checkpoint (config, weights, tokenizer) for tests and experiments."""
-    from llmc.compiler.errors import LlmcError
-    from llmc.frontends.fixtures import ARCHES, FORMATS, write_fixture
-
-    if arch not in ARCHES:
-        raise LlmcError(f"unknown architecture '{arch}'; known: {', '.join(ARCHES)}")
-    if fmt not in FORMATS:
-        raise LlmcError(f"unknown format '{fmt}'; known: {', '.join(FORMATS)}")
-    typer.echo(f"wrote {write_fixture(out_dir, arch, fmt, seed)} ({arch}, {fmt})")
+def _usage_error_line(e) -> str:
+    """A command-line usage error as one line (click prints usage, a hint and a box)."""
+    msg = e.format_message().replace("Value error, ", "")
+    where = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
+    return f"error: {msg}{where}"
 
 
 def main() -> None:
     """Console entry point: user errors become one message and exit code 2."""
-    from llmc.compiler.errors import IRSyntaxError, LlmcError
-
+    command = typer.main.get_command(app)
     try:
-        app()
+        code = command.main(prog_name="llmc", standalone_mode=False)
+    except NoArgsIsHelpError as e:  # bare `llmc`: the help text
+        e.show()
+        sys.exit(e.exit_code)
+    except UsageError as e:
+        _err(_usage_error_line(e))
+        sys.exit(2)
+    except ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
     except IRSyntaxError as e:
         _err(str(e))
         sys.exit(2)
     except LlmcError as e:
         _err(f"error: {e}")
         sys.exit(2)
-    except KeyboardInterrupt:
+    except RecursionError:  # a last resort: readers should name the file themselves
+        _err(f"error: llmc {' '.join(sys.argv[1:])}: an input is nested too deeply to read")
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
         _err("interrupted")
         sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(141)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

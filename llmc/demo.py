@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from llmc.compiler.builder import Builder
 from llmc.compiler.ir import Graph
+from llmc.frontends.fixtures import write_numpy_hf_checkpoint
+from llmc.frontends.loader import open_checkpoint
+from llmc.frontends.tokenizer import load_tokenizer
+from llmc.runtime.generate import Generator, full_logits
+
+from .artifact import Artifact, load_artifact, write_artifact
+from .compile import build_graph, compile_model, generate
 
 GENERIC_PIPELINE = "canonicalize,cse,dce"
 
@@ -57,20 +65,14 @@ def main(workdir: str = "demo-out", target: str = "ascend910b", arch: str = "lla
     """The README's first command: write a tiny random checkpoint, compile it for `target`
     with the pass log on screen, check the compiled graph against the uncompiled one on the
     reference interpreter, and generate from the compiled artifact."""
-    from pathlib import Path
-
-    from llmc.compile import build_graph, compile_model, generate, load_artifact, write_artifact
-    from llmc.frontends.fixtures import write_numpy_hf_checkpoint
-    from llmc.frontends.loader import open_checkpoint
-    from llmc.frontends.tokenizer import load_tokenizer
-
     say = (lambda s: None) if json_out else log
     work = Path(workdir)
     ckpt_dir = write_numpy_hf_checkpoint(work / f"tiny-{arch}", arch)
     say(f"==> wrote a tiny random {arch} checkpoint (HF safetensors + tokenizer.json) to {ckpt_dir}")
-    say(f"==> llmc compile {ckpt_dir} --target {target}")
+    art_dir = work / f"tiny-{arch}.{target}"
+    say(f"==> llmc compile {ckpt_dir} --target {target} -o {art_dir}")
     compiled = compile_model(ckpt_dir, target, log=say)
-    art_dir = write_artifact(compiled, work / f"tiny-{arch}.{target}")
+    write_artifact(compiled, art_dir)
     say(f"    {compiled.report['ops_in']} -> {compiled.report['ops_out']} ops; artifact: {art_dir}")
 
     art = load_artifact(art_dir)
@@ -94,20 +96,16 @@ def main(workdir: str = "demo-out", target: str = "ascend910b", arch: str = "lla
                "passes": compiled.report["passes"], "max_rel_err_vs_uncompiled": err,
                "prompt_ids": ids, "new_ids": new, "uncompiled_new_ids": want, "text": text}
     if json_out:
-        log(json.dumps(summary, indent=2))
+        log(json.dumps(summary, indent=2, ensure_ascii=False))
     return summary
 
 
-def _as_artifact(art, graph):
-    from llmc.compile import Artifact
-
+def _as_artifact(art: Artifact, graph: Graph) -> Artifact:
     return Artifact(art.path, graph, art.report, art.manifest)
 
 
 def _prefill_error(reference: Graph, compiled: Graph, weights, ids: list[int], form: str) -> float:
     """Max |compiled - reference| / max |reference| over the first step's logits."""
-    from llmc.runtime.generate import Generator, full_logits
-
     if form == "inference":
         outs = [Generator(g, weights).prefill([ids], 1)[1] for g in (reference, compiled)]
     else:

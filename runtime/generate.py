@@ -8,8 +8,9 @@ token per sequence per step, threading the caches the graph returns back in.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -19,10 +20,42 @@ from llmc.compiler.ir import Graph
 from .reference import run
 
 TokenCallback = Callable[[int, int], None]
+EosIds = int | Iterable[int] | None
 
 
 class GenerationError(LlmcError):
     """Bad generation request (empty prompt, too long for the block table...)."""
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def eos_ids(eos: EosIds) -> frozenset[int]:
+    """The ids that end a sequence, from an `eos_token_id` that is None, one int, or a
+    sequence of ints (llama-3-style configs list several)."""
+    if eos is None:
+        return frozenset()
+    if _is_int(eos):
+        return frozenset({int(eos)})
+    if isinstance(eos, (list, tuple, set, frozenset, np.ndarray)) and all(map(_is_int, eos)):
+        return frozenset(int(e) for e in eos)
+    raise GenerationError(f"eos_token_id must be an integer or a list of integers, got {eos!r}")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still hand out (MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def check_length(prompt_len: int, max_new_tokens: int, max_positions: int | None,
@@ -83,10 +116,23 @@ class Generator:
                     f"{max_tokens} tokens need {per_seq} blocks of {self.block_size}; the graph's "
                     f"block table holds {self.max_blocks}")
             per_seq = self.max_blocks
+        self._check_cache_fits(batch, max_tokens, batch * per_seq)
         tables = np.arange(batch * per_seq, dtype=np.int32).reshape(batch, per_seq)
         caches = {v.name: np.zeros((batch * per_seq, *self.cache_shape), self.cache_dtype)
                   for v in self.cache_inputs}
         return tables, caches
+
+    def _check_cache_fits(self, batch: int, max_tokens: int, blocks: int) -> None:
+        """Refuse a KV cache larger than the memory available, saying how many bytes."""
+        per_block = int(np.prod(self.cache_shape)) * np.dtype(self.cache_dtype).itemsize
+        need = len(self.cache_inputs) * blocks * per_block
+        have = available_memory()
+        if have is not None and need > have:
+            raise GenerationError(
+                f"the KV cache for {batch} sequence(s) of up to {max_tokens} tokens needs "
+                f"{need:,} bytes ({need / 2**30:,.1f} GiB: {len(self.cache_inputs)} caches of "
+                f"{blocks:,} blocks of {per_block:,} bytes); only {have:,} bytes of memory "
+                "are available")
 
     def _step(self, s: "Session", ids: np.ndarray, this_time, enc, dec) -> np.ndarray:
         feeds = {"input_ids": ids, "seq_lens_this_time": np.asarray(this_time, np.int32),
@@ -126,20 +172,21 @@ class Generator:
         return logits
 
     def stream(self, prompt_ids: list[list[int]], max_new_tokens: int,
-               eos_token_id: int | None = None) -> Iterator[list[int | None]]:
-        """Yield, per step, each sequence's new token (None once it has finished)."""
+               eos_token_id: EosIds = None) -> Iterator[list[int | None]]:
+        """Yield, per step, each sequence's new token (None once it has finished); a
+        sequence finishes on any of the eos ids (an int or a sequence of ints)."""
+        stop = np.array(sorted(eos_ids(eos_token_id)), np.int64)
         s, logits = self.prefill(prompt_ids, max_new_tokens)
         for step in range(max_new_tokens):
             tok = np.argmax(logits, axis=-1)
             yield [None if d else int(t) for d, t in zip(s.done, tok)]
-            if eos_token_id is not None:
-                s.done |= tok == eos_token_id
+            s.done |= np.isin(tok, stop)
             if s.done.all() or step == max_new_tokens - 1:
                 return
             logits = self.decode(s, tok)
 
     def generate(self, prompt_ids: list[list[int]], max_new_tokens: int,
-                 eos_token_id: int | None = None, on_token: TokenCallback | None = None
+                 eos_token_id: EosIds = None, on_token: TokenCallback | None = None
                  ) -> list[list[int]]:
         """New tokens per prompt (eos included when reached); `on_token(seq, token)` sees each."""
         out: list[list[int]] = [[] for _ in prompt_ids]
@@ -153,7 +200,7 @@ class Generator:
 
 
 def generate(graph: Graph, weights: Mapping[str, np.ndarray], prompt_ids: list[list[int]],
-             max_new_tokens: int, eos_token_id: int | None = None,
+             max_new_tokens: int, eos_token_id: EosIds = None,
              on_token: TokenCallback | None = None) -> list[list[int]]:
     """Greedy decoding of every prompt: the new token ids (prompt excluded) per prompt."""
     return Generator(graph, weights).generate(prompt_ids, max_new_tokens, eos_token_id, on_token)

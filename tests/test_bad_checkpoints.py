@@ -182,7 +182,7 @@ def test_missing_model_dir_and_output_dir(monkeypatch, capsys, model, tmp_path):
 
 
 def test_bad_form(monkeypatch, capsys, model):
-    expect_error(monkeypatch, capsys, model, "--form must be 'full' or 'inference'",
+    expect_error(monkeypatch, capsys, model, "'training' is not one of 'full', 'inference'",
                  extra=("--form", "training"))
 
 

@@ -74,9 +74,9 @@ def test_inspect_writes_nothing(monkeypatch, capsys, ckpts, tmp_path):
 
 def test_inspect_13b_config_only(monkeypatch, capsys, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(LLAMA2_13B))
-    target = tmp_path / "config.json"  # a directory without weights is an error
     t0 = time.perf_counter()
-    code, stdout, err = run_cli(monkeypatch, capsys, "inspect", target, "--json")
+    code, stdout, err = run_cli(monkeypatch, capsys, "inspect", "--config",
+                                tmp_path / "config.json", "--json")
     elapsed = time.perf_counter() - t0
     assert code == 0, err
     s = json.loads(stdout)

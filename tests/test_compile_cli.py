@@ -30,8 +30,9 @@ def ckpt(tmp_path_factory):
     return write_fixture(tmp_path_factory.mktemp("ck") / "llama_gqa", "llama_gqa", "hf-numpy")
 
 
-def test_llama2_13b_config_prints_the_vendor_log():
-    err = llmc("compile", "--config", CONFIG_13B, "--target", "ascend910b").stderr
+def test_llama2_13b_config_prints_the_vendor_log(tmp_path):
+    err = llmc("compile", "--config", CONFIG_13B, "--target", "ascend910b",
+               "-o", tmp_path / "a").stderr
     names = [
         ln.split("[")[1].split("]")[0]
         for ln in err.splitlines()
@@ -89,6 +90,8 @@ def test_instruments_work_in_compile(ckpt, tmp_path):
         "llama_fuse_attention_layer_end",
         "--verify-each",
         "--json",
+        "-o",
+        tmp_path / "art",
     )
     report = json.loads(r.stdout)
     skipped = [p for p in report["passes"] if p["skipped"]]
@@ -100,9 +103,8 @@ def test_instruments_work_in_compile(ckpt, tmp_path):
 
 
 def test_user_errors_are_one_line(ckpt, tmp_path):
-    r = llmc("compile", ckpt, "-t", "tpu", ok=False)
-    assert "unknown target 'tpu'; known targets: ascend910b, mlu370, bi150, cuda, cpu" in r.stderr
-    assert "Traceback" not in r.stderr
+    r = llmc("compile", ckpt, "-t", "tpu", "-o", tmp_path / "t", ok=False)
+    _no_traceback(r, "'tpu' is not one of 'ascend910b', 'mlu370', 'bi150', 'cuda', 'cpu'")
     r = llmc("compile", "--config", CONFIG_13B, "-t", "cpu", "-o", tmp_path / "c")
     r = llmc("generate", tmp_path / "c", "--ids", "1,2", ok=False)
     assert "compiled from a config alone" in r.stderr
@@ -136,7 +138,8 @@ def test_fixture_command_writes_a_loadable_checkpoint(tmp_path):
     doc = json.loads(r.stdout)
     assert doc["weights"] == "checked" and doc["model"] == "baichuan2-13b" and doc["position"] == "alibi"
     bad = llmc("fixture", tmp_path / "x", "--arch", "gpt2", ok=False)
-    assert bad.returncode == 2 and "unknown architecture 'gpt2'" in bad.stderr
+    _no_traceback(bad, "'--arch': 'gpt2' is not one of 'llama', 'llama_gqa'")
+    assert not (tmp_path / "x").exists()
 
 
 def test_compile_checks_weights_before_writing(tmp_path):
@@ -173,7 +176,8 @@ def test_compile_onto_an_existing_file_is_a_user_error(ckpt, tmp_path):
 
 
 def test_write_artifact_refuses_a_file_from_the_library(ckpt, tmp_path):
-    from llmc.compile import compile_model, write_artifact
+    from llmc.artifact import write_artifact
+    from llmc.compile import compile_model
     from llmc.compiler.errors import LlmcError
 
     (tmp_path / "f").write_text("x")
@@ -185,12 +189,13 @@ def test_write_artifact_refuses_a_file_from_the_library(ckpt, tmp_path):
 def test_a_failed_swap_restores_the_old_artifact(ckpt, tmp_path, monkeypatch):
     import os
 
-    from llmc import compile as comp
+    from llmc import artifact as comp
+    from llmc.compile import compile_model
     from llmc.compiler.errors import LlmcError
 
     out = tmp_path / "out"
-    comp.write_artifact(comp.compile_model(ckpt, "cpu"), out)
-    new = comp.compile_model(ckpt, "ascend910b")
+    comp.write_artifact(compile_model(ckpt, "cpu"), out)
+    new = compile_model(ckpt, "ascend910b")
     monkeypatch.setattr(comp, "_exchange", lambda a, b: False)  # the two-rename fallback
     real, calls = os.replace, []
 
@@ -213,7 +218,7 @@ def test_a_failed_swap_restores_the_old_artifact(ckpt, tmp_path, monkeypatch):
 
 
 def test_exchange_swaps_two_directories(tmp_path):
-    from llmc.compile import _exchange
+    from llmc.artifact import _exchange
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -1,0 +1,222 @@
+"""The checkpoint commands of `llmc`: inspect, import, compile, generate, fixture, demo.
+
+`import`, `inspect` and `compile` read their model the same way: a MODEL_DIR argument
+(config.json + weights) or `--config FILE` for a config-only graph, never both.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from llmc.compiler.errors import LlmcError
+
+from .options import (
+    AllowPickle,
+    Arch,
+    ConfigFile,
+    Force,
+    Form,
+    Format,
+    JsonOut,
+    ModelDir,
+    Target,
+    echo_json,
+    model_source,
+    tensor_progress,
+    with_instruments,
+)
+
+FormOpt = typer.Option("full", "--form", help="Graph form: 'full' (training / parity) or 'inference' (KV cache).")
+
+
+def _err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _print_summary(s: dict) -> None:
+    rows = [("architecture", f"{s['architecture']} ({s['model']}, {s['family']} family)"),
+            ("shape", f"{s['layers']} layers, hidden {s['hidden_size']}, {s['heads']} heads "
+                      f"({s['kv_heads']} kv), vocab {s['vocab_size']}, {s['position']}"),
+            ("parameters", f"{s['params']:,} ({s['bytes'] / 2**20:,.1f} MiB, {s['dtype']})"),
+            ("weights", f"{s['weights']}; {s['format']}, {len(s['files'])} file(s)")]
+    if "output" in s:
+        rows.append(("wrote", f"{s['output']} ({s['form']} form, {s['ops']} ops)"))
+    for key, value in rows:
+        typer.echo(f"{key:<13} {value}")
+
+
+def _report(s: dict, json_out: bool) -> None:
+    if json_out:
+        echo_json(s)
+    else:
+        _print_summary(s)
+
+
+def import_(
+    model_dir: Optional[Path] = ModelDir,
+    config: Optional[Path] = ConfigFile,
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the IR text (atomically)."),
+    form: Form = FormOpt,
+    allow_pickle: bool = AllowPickle,
+    json_out: bool = JsonOut,
+    force: bool = Force,
+):
+    """Map a checkpoint to IR: write the graph text (params by name) and print a summary."""
+    from llmc import api
+    from llmc.overwrite import refuse_overwriting_inputs
+
+    source = model_source(model_dir, config, "import")
+    ckpt = api.open_model(source, allow_pickle)
+    refuse_overwriting_inputs([output], files=[config], dirs=[model_dir], force=force)
+    with tensor_progress(not json_out) as progress:
+        s = api.import_model(source, output, form, allow_pickle, progress, ckpt)
+    _report(s, json_out)
+
+
+def inspect(
+    model_dir: Optional[Path] = ModelDir,
+    config: Optional[Path] = ConfigFile,
+    form: Form = FormOpt,
+    allow_pickle: bool = AllowPickle,
+    json_out: bool = JsonOut,
+):
+    """Print a checkpoint's summary (architecture, parameters, bytes, dtype) without writing."""
+    from llmc import api
+
+    source = model_source(model_dir, config, "inspect")
+    ckpt = api.open_model(source, allow_pickle)
+    with tensor_progress(not json_out) as progress:
+        s = api.inspect_model(source, allow_pickle, form, progress, ckpt=ckpt)
+    _report(s, json_out)
+
+
+@with_instruments
+def compile_(
+    model_dir: Optional[Path] = ModelDir,
+    config: Optional[Path] = ConfigFile,
+    target: Target = typer.Option(..., "--target", "-t", help="The target to compile for."),
+    output: Path = typer.Option(..., "-o", "--output", help="Artifact directory to write (atomically; an existing artifact there is replaced)."),
+    form: Optional[Form] = typer.Option(None, "--form", help="Graph form (default: the target's)."),
+    json_out: bool = JsonOut,
+    force: bool = Force,
+    instruments=None,
+):
+    """Import a checkpoint (or config), run the target's pipeline, write the artifact.
+
+    The pass log goes to stderr: `--- Running IR pass [name]  matched N (expected M)  ...`.
+    """
+    from llmc.artifact import check_output, write_artifact
+    from llmc.compile import compile_model
+    from llmc.overwrite import refuse_overwriting_inputs
+
+    source = model_source(model_dir, config, "compile")
+    refuse_overwriting_inputs([output], files=[config], dirs=[model_dir], force=force,
+                              replaces_dir=True)
+    refuse_overwriting_inputs([instruments.dump_dir], dirs=[model_dir], force=force)
+    check_output(output)  # before the pipeline runs
+    with tensor_progress(not json_out) as progress:
+        c = compile_model(source, target, form, instruments, log=None if json_out else _err,
+                          emit_ir=lambda h, t: _err(f"{h}\n{t}"), progress=progress)
+    if c.report["mismatches"]:
+        _err(f"WARNING: {len(c.report['mismatches'])} pass(es) matched other than the model predicts: "
+             f"{', '.join(c.report['mismatches'])}")
+    write_artifact(c, output)
+    if json_out:
+        echo_json(dict(c.report, output=str(output)))
+    else:
+        typer.echo(f"wrote {output} ({c.report['ops_in']} -> {c.report['ops_out']} ops, "
+                   f"{c.report['pipeline_ms']:.1f} ms)")
+
+
+def _parse_ids(ids: str) -> list[int]:
+    if any(not t.strip() for t in ids.split(",")):
+        raise LlmcError(f"generate: --ids has an empty item: '{ids}'")
+    try:
+        return [int(t) for t in ids.split(",")]
+    except ValueError:
+        raise LlmcError(f"generate: --ids must be comma-separated integers, got '{ids}'") from None
+
+
+def generate(
+    artifact: Path = typer.Argument(..., help="A directory written by `llmc compile -o`."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt text (needs the checkpoint's tokenizer)."),
+    ids: Optional[str] = typer.Option(None, "--ids", help="Prompt token ids, comma-separated."),
+    max_new_tokens: int = typer.Option(16, "--max-new-tokens", "-n", help="Tokens to generate."),
+    json_out: bool = JsonOut,
+):
+    """Greedy generation from a compiled artifact of any target on the reference interpreter.
+
+    The new text (or ids) goes to stdout; the speed in tokens/s to stderr at the end."""
+    from llmc.artifact import load_artifact
+    from llmc.compile import generate as gen
+
+    if (prompt is None) == (ids is None):
+        raise LlmcError("generate: give --prompt TEXT or --ids 1,2,3 (exactly one)")
+    if max_new_tokens < 1:
+        raise LlmcError(f"generate: --max-new-tokens must be positive, got {max_new_tokens}")
+    art = load_artifact(artifact)
+    tok = None
+    if prompt is not None:
+        from llmc.frontends.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(art.manifest["model_dir"])
+        prompt_ids = tok.encode(prompt)
+    else:
+        prompt_ids = _parse_ids(ids)
+    t0 = time.perf_counter()
+    new = gen(art, prompt_ids, max_new_tokens, art.report["config"].get("eos_token_id"))
+    seconds = time.perf_counter() - t0
+    rate = len(new) / seconds if seconds > 0 else float("inf")
+    text = tok.decode(new) if tok is not None else None
+    if json_out:
+        echo_json({"target": art.report["target"], "prompt_ids": prompt_ids, "new_ids": new,
+                   "text": text, "seconds": round(seconds, 6), "tokens_per_s": round(rate, 3)})
+        return
+    typer.echo(text if text is not None else ",".join(map(str, new)))
+    _err(f"generated {len(new)} token(s) in {seconds:.2f} s ({rate:.1f} tokens/s)")
+
+
+def fixture(
+    out_dir: Path = typer.Argument(..., help="Directory to write the checkpoint into."),
+    arch: Arch = typer.Option("llama", "--arch", help="Architecture of the tiny model."),
+    fmt: Format = typer.Option("hf-numpy", "--format", "-f", help="Checkpoint format: hf (transformers save_pretrained), hf-numpy (no torch), hf-sharded, paddle, paddle-tp2, paddle-fused, paddleformers."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the weights."),
+    json_out: bool = JsonOut,
+):
+    """Write a tiny random checkpoint (config, weights, tokenizer) for tests and experiments."""
+    from llmc.frontends.fixtures import write_fixture
+
+    path = write_fixture(out_dir, arch, fmt, seed)
+    if json_out:
+        echo_json({"output": str(path), "arch": arch, "format": fmt, "seed": seed})
+    else:
+        typer.echo(f"wrote {path} ({arch}, {fmt})")
+
+
+def demo(
+    target: Target = typer.Option("ascend910b", "--target", "-t", help="Target to compile for."),
+    arch: Arch = typer.Option("llama_gqa", "--arch", help="Architecture of the tiny model."),
+    workdir: str = typer.Option("demo-out", "--workdir", help="Where the checkpoint and artifact are written."),
+    prompt: str = typer.Option("The quick brown fox", "--prompt", help="Prompt to generate from."),
+    max_new_tokens: int = typer.Option(12, "--max-new-tokens", "-n", help="Tokens to generate."),
+    json_out: bool = JsonOut,
+):
+    """Write a tiny random checkpoint, compile it (pass log on screen), generate from the artifact."""
+    from llmc import demo as demo_mod
+
+    demo_mod.main(workdir=workdir, target=target, arch=arch, prompt=prompt,
+                  max_new_tokens=max_new_tokens, json_out=json_out, log=typer.echo)
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the `llmc` app, in the order --help lists them."""
+    app.command("import")(import_)
+    app.command()(inspect)
+    app.command("compile")(compile_)
+    app.command()(generate)
+    app.command()(fixture)
+    app.command()(demo)
