@@ -18,8 +18,10 @@ from __future__ import annotations
 from typing import Protocol, Sequence
 
 REPLACEMENT = "\ufffd"
-# prompt tokens the first window starts with (sentencepiece's leading space)
+# prompt tokens the first window starts with, at least (sentencepiece's leading space)
 _CONTEXT = 5
+# how far back the first window may reach to find a prompt token with visible text
+_MAX_CONTEXT = 64
 
 
 class Decoder(Protocol):
@@ -29,13 +31,23 @@ class Decoder(Protocol):
 
 
 class Detokenizer:
-    """Token ids in, stable text deltas out."""
+    """Token ids in, stable text deltas out.
+
+    The window (`ids`) always starts with tokens whose text has been shown and holds a
+    visible (non-space) character: decoders strip a leading space (sentencepiece strips
+    them all), so a window that began with a bare space piece would lose text.
+    """
 
     def __init__(self, tokenizer: Decoder, prompt: Sequence[int] = ()):
         self.tokenizer = tokenizer
-        self.ids: list[int] = [int(i) for i in prompt[-_CONTEXT:]]
-        # the window is self.ids; its first `read` tokens' text has been shown
-        self.read = len(self.ids)
+        prompt = [int(i) for i in prompt]
+        start = max(0, len(prompt) - _CONTEXT)
+        while start > max(0, len(prompt) - _MAX_CONTEXT) and \
+                not self._decode(prompt[start:]).strip():
+            start -= 1
+        self.ids = prompt[start:]
+        self.read = len(self.ids)  # the first `read` tokens' text has been shown
+        self.shown = self._decode(self.ids)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -50,15 +62,16 @@ class Detokenizer:
         return self._emit(final=True)
 
     def _emit(self, final: bool) -> str:
-        old = self._decode(self.ids[:self.read])
-        new = self._decode(self.ids)
-        if len(new) <= len(old) or (new.endswith(REPLACEMENT) and not final):
+        text = self._decode(self.ids)
+        if len(text) <= len(self.shown) or (text.endswith(REPLACEMENT) and not final):
             return ""
-        delta = new[len(old):]
-        # the next window starts at the tokens just shown: they end on a character
-        # boundary, and give the next piece its leading space
-        del self.ids[:self.read]
-        self.read = len(self.ids)
+        delta = text[len(self.shown):]
+        # the next window starts at the tokens just shown (they end on a character
+        # boundary and give the next piece its leading space) unless they are only space
+        newest = self.ids[self.read:]
+        if self._decode(newest).strip():
+            self.ids = newest
+        self.read, self.shown = len(self.ids), self._decode(self.ids)
         return delta
 
 
