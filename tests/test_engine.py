@@ -9,7 +9,7 @@ import pytest
 from engine_toy import RecordingLM, ToyLM
 
 from llmc.compiler.errors import LlmcError
-from runtime.engine import Engine, GenerationParams, KVState, generate
+from llmc.runtime.engine import Engine, GenerationParams, KVState, generate
 
 PROMPTS = [[3, 17, 5, 9, 40, 2, 11], [8], [60, 1, 1, 33], [12, 13, 14, 15, 16, 17, 18, 19, 20]]
 

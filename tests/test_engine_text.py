@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from engine_toy import ToyLM
 
-from llmc.frontends.fixtures import CORPUS
-from llmc.frontends.fixtures import write_sentencepiece, write_tokenizer_json
+from llmc.frontends.fixtures import CORPUS, write_sentencepiece, write_tokenizer_json
 from llmc.frontends.tokenizer import load_tokenizer
-from runtime.engine import Engine, GenerationParams
-from runtime.textstream import Detokenizer, StopMatcher, TextStream
+from llmc.runtime.engine import Engine, GenerationParams
+from llmc.runtime.textstream import Detokenizer, StopMatcher, TextStream
 
 # 龍 and 骧 are not in CORPUS: the byte-fallback tokenizers spell them in bytes
 TEXTS = ["今天天气很好，我们去龍骧散步。", "大模型 compiles 龍 graphs, 百川大模型", "Hello world 🙂 ok"]

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from runtime.sampling import Sampler, SamplingParams, apply_repetition_penalty, filtered_probs
+from llmc.runtime.sampling import (Sampler, SamplingParams, apply_repetition_penalty,
+                                   filtered_probs)
 
 LOGITS = np.array([2.0, 1.5, 0.3, -0.4, 1.0, -1.2], np.float32)
 
