@@ -255,10 +255,20 @@ class Generation:
         state.tokens = prompt[:same]
         return state.cache, same
 
+    def _forward(self, cache: Any, rows: list[int], ids: np.ndarray,
+                 past: np.ndarray) -> np.ndarray:
+        model = self.engine.model
+        logits = np.asarray(model.forward(cache, rows, ids, past))
+        if logits.shape != (len(rows), model.vocab_size):
+            raise GenerationError(
+                f"{type(model).__name__}.forward returned logits of shape {list(logits.shape)} "
+                f"for {len(rows)} rows; the contract is [rows, vocab={model.vocab_size}]")
+        return logits
+
     def _prefill(self, cache: Any, i: int, row: _Row, reused: int) -> TokenEvent:
         new = row.prompt[reused:]
-        logits = self.engine.model.forward(cache, [i], np.asarray([new], np.int64),
-                                           np.asarray([reused], np.int64))
+        logits = self._forward(cache, [i], np.asarray([new], np.int64),
+                               np.asarray([reused], np.int64))
         if self.state is not None:
             self.state.tokens = list(row.prompt)
         self.timings.prefill_tokens += len(new)
@@ -272,7 +282,7 @@ class Generation:
             start = time.perf_counter()
             ids = np.asarray([[self.rows[i].tokens[-1]] for i in live], np.int64)
             past = np.asarray([self.rows[i].past_len for i in live], np.int64)
-            logits = self.engine.model.forward(cache, live, ids, past)
+            logits = self._forward(cache, live, ids, past)
             if self.state is not None:
                 self.state.tokens.append(self.rows[0].tokens[-1])
             events = [self.rows[i].accept(i, self.rows[i].sampler(logits[j]))
@@ -280,6 +290,13 @@ class Generation:
             self.timings.decode_tokens += len(live)
             self._clock(start, "decode_s")
             yield from events
+
+
+def format_timings(t: Timings) -> str:
+    """One line for a terminal: prefill and decode throughput, time to first token."""
+    return (f"prefill {t.prefill_tokens} tok in {t.prefill_s:.3f} s ({t.prefill_tok_s:.1f} tok/s), "
+            f"first token {t.ttft_s * 1e3:.1f} ms, decode {t.decode_tokens} tok in "
+            f"{t.decode_s:.3f} s ({t.decode_tok_s:.1f} tok/s)")
 
 
 TokenCallback = Callable[[int, int, str], None]

@@ -69,9 +69,10 @@ class Detokenizer:
         # the next window starts at the tokens just shown (they end on a character
         # boundary and give the next piece its leading space) unless they are only space
         newest = self.ids[self.read:]
-        if self._decode(newest).strip():
-            self.ids = newest
-        self.read, self.shown = len(self.ids), self._decode(self.ids)
+        newest_text = self._decode(newest)
+        if newest_text.strip():
+            self.ids, text = newest, newest_text
+        self.read, self.shown = len(self.ids), text
         return delta
 
 

@@ -9,7 +9,7 @@ import pytest
 from engine_toy import RecordingLM, ToyLM
 
 from llmc.compiler.errors import LlmcError
-from llmc.runtime.engine import Engine, GenerationParams, KVState, generate
+from llmc.runtime.engine import Engine, GenerationParams, KVState, format_timings, generate
 
 PROMPTS = [[3, 17, 5, 9, 40, 2, 11], [8], [60, 1, 1, 33], [12, 13, 14, 15, 16, 17, 18, 19, 20]]
 
@@ -172,3 +172,25 @@ def test_bad_requests(prompts, params, match):
 def test_bad_params(kw, match):
     with pytest.raises(LlmcError, match=match):
         GenerationParams(**kw)
+
+
+class AllPositionsLM(ToyLM):
+    """Breaks the contract: logits of every new position instead of the last."""
+
+    def forward(self, cache, rows, input_ids, past_lens):
+        """Logits repeated for each new position."""
+        out = super().forward(cache, rows, input_ids, past_lens)
+        return np.repeat(out[:, None, :], input_ids.shape[1], axis=1)
+
+
+def test_a_backend_breaking_the_logits_contract_is_named():
+    with pytest.raises(LlmcError, match=r"AllPositionsLM.forward returned logits of shape "
+                                        r"\[1, 7, 64\] for 1 rows"):
+        generate(AllPositionsLM(), [PROMPTS[0]])
+
+
+def test_format_timings():
+    res = generate(ToyLM(), PROMPTS, GenerationParams(max_new_tokens=3))
+    line = format_timings(res.timings)
+    assert line.startswith(f"prefill {sum(map(len, PROMPTS))} tok in ")
+    assert f"decode {res.timings.decode_tokens} tok in " in line and "tok/s" in line
