@@ -234,8 +234,8 @@ class Generation:
             self._clock(start, "prefill_s")
             row.ttft_s = self._busy
             yield event
-        yield from self._decode(cache)
         self.timings.ttft_s = float(np.mean([r.ttft_s for r in self.rows]))
+        yield from self._decode(cache)
 
     def _cache(self) -> tuple[Any, int]:
         """The cache to run in, and how many leading prompt tokens it already holds."""
@@ -244,9 +244,13 @@ class Generation:
         if state is None:
             return model.new_cache(len(self.rows), need), 0
         prompt = self.rows[0].prompt
-        if state.cache is None or need > state.capacity:
-            state.cache, state.tokens = model.new_cache(1, max(need, state.capacity)), []
-            state.capacity = max(need, state.capacity)
+        if state.cache is not None and need > state.capacity:
+            # grow by doubling (within the model's positions) so a chat rarely reallocates
+            state.cache, state.capacity = None, max(need, min(2 * state.capacity,
+                                                              model.max_positions or need))
+        if state.cache is None:
+            state.capacity = max(state.capacity, need)
+            state.cache, state.tokens = model.new_cache(1, state.capacity), []
         same = 0
         for a, b in zip(state.tokens, prompt[:-1]):
             if a != b:

@@ -146,9 +146,15 @@ def test_kept_cache_grows_when_a_prompt_does_not_fit():
     model = ToyLM()
     engine, state = Engine(model), KVState(capacity=8)
     engine.generate([[1, 2, 3]], GenerationParams(max_new_tokens=3), state=state)
+    assert state.capacity == 8
     long = list(range(1, 20))
     res = engine.generate([long], GenerationParams(max_new_tokens=4), state=state)
-    assert state.capacity >= 23
+    assert state.capacity == 23 and model.calls[-4][2] == [0]  # a new cache, all prefilled
+    engine.generate([long + [30]], GenerationParams(max_new_tokens=4), state=state)
+    assert state.capacity == 46 and model.calls[-4][2] == [0]
+    first = KVState(capacity=4)
+    engine.generate([long], GenerationParams(max_new_tokens=4), state=first)
+    assert first.capacity == 23
     assert res.tokens[0] == generate(ToyLM(), [long], GenerationParams(max_new_tokens=4)).tokens[0]
 
 
