@@ -63,28 +63,43 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: floa
     return out
 
 
-def filtered_probs(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate token ids (most likely first) and their normalized probabilities
-    after temperature, top-k and top-p."""
-    scaled = logits.astype(np.float64) / params.temperature
-    k = params.top_k if 0 < params.top_k < scaled.size else scaled.size
-    if k < scaled.size:
-        part = np.argpartition(-scaled, k - 1)[:k]
-        # ties at the k-th value: keep the lowest ids, as a stable full sort would
-        kth = scaled[part].min()
-        above = np.flatnonzero(scaled > kth)
-        ties = np.flatnonzero(scaled == kth)[: k - above.size]
-        cand = np.concatenate([above, ties])
-    else:
+def _top(scaled: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the k largest values, largest first; ties go to the lowest ids."""
+    if k >= scaled.size:
         cand = np.arange(scaled.size)
-    cand = cand[np.argsort(-scaled[cand], kind="stable")]
-    probs = np.exp(scaled[cand] - scaled[cand[0]])
-    probs /= probs.sum()
+    else:
+        kth = scaled[np.argpartition(-scaled, k - 1)[k - 1]]
+        above = np.flatnonzero(scaled > kth)
+        cand = np.concatenate([above, np.flatnonzero(scaled == kth)[: k - above.size]])
+    return cand[np.argsort(-scaled[cand], kind="stable")]
+
+
+def filtered_probs(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate token ids and their normalized probabilities after temperature, top-k
+    and top-p: most likely first (ties: lowest id first) when top-k or top-p filter, else
+    every id in order."""
+    scaled = np.asarray(logits, np.float32) / np.float32(params.temperature)
+    weights = np.exp(scaled - scaled.max())
+    size = scaled.size
+    k = params.top_k if 0 < params.top_k < size else size
+    if k == size and params.top_p >= 1.0:
+        return np.arange(size), weights / weights.sum(dtype=np.float64)
+    cand = _top(scaled, k) if k < size else _descending(scaled)
     if params.top_p < 1.0:
-        before = np.cumsum(probs) - probs
-        keep = max(1, int(np.count_nonzero(before < params.top_p)))
-        cand, probs = cand[:keep], probs[:keep] / probs[:keep].sum()
-    return cand, probs
+        probs = weights[cand] / weights[cand].sum(dtype=np.float64)
+        keep = max(1, int(np.count_nonzero(np.cumsum(probs) - probs < params.top_p)))
+        cand = cand[:keep]
+    return cand, weights[cand] / weights[cand].sum(dtype=np.float64)
+
+
+def _descending(values: np.ndarray) -> np.ndarray:
+    """All ids, largest value first, ties by lowest id: one sort of unique uint64 keys
+    (value bits made order-preserving, then the id), several times faster than a stable
+    argsort of the values."""
+    bits = (-values.astype(np.float32) + np.float32(0.0)).view(np.uint32)
+    ordered = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(0x80000000))
+    keys = (ordered.astype(np.uint64) << np.uint64(32)) | np.arange(values.size, dtype=np.uint64)
+    return (np.sort(keys) & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
 class Sampler:

@@ -80,12 +80,31 @@ def test_filtered_candidates():
     assert cand.tolist() == [0, 1] and probs.sum() == pytest.approx(1.0)
     cand, _ = filtered_probs(LOGITS, SamplingParams(temperature=1.0, top_p=0.01))
     assert cand.tolist() == [0]
-    cand, _ = filtered_probs(LOGITS, SamplingParams(temperature=1.0))
+    cand, _ = filtered_probs(LOGITS, SamplingParams(temperature=1.0, top_p=0.999))
     assert cand.tolist() == [0, 1, 4, 2, 3, 5]
     # ties at the k-th logit keep the lowest ids
     tied = np.array([1.0, 3.0, 1.0, 1.0, 0.0], np.float32)
     cand, _ = filtered_probs(tied, SamplingParams(temperature=1.0, top_k=3))
     assert cand.tolist() == [1, 0, 2]
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.99, 0.9999])
+def test_nucleus_of_a_large_vocabulary_equals_a_full_sort(top_p):
+    # flat logits: a large nucleus
+    logits = np.random.default_rng(2).standard_normal(5000).astype(np.float32) * 0.5
+    cand, probs = filtered_probs(logits, SamplingParams(temperature=1.0, top_p=top_p))
+    order = np.argsort(-logits.astype(np.float64), kind="stable")
+    full = softmax(logits.astype(np.float64))[order]
+    keep = max(1, int(np.count_nonzero(np.cumsum(full) - full < top_p)))
+    assert cand.tolist() == order[:keep].tolist()
+    np.testing.assert_allclose(probs, full[:keep] / full[:keep].sum(), rtol=1e-5)
+    assert top_p < 0.5 or keep > 64
+
+
+def test_ties_order_by_lowest_id():
+    logits = np.array([0.5, -0.0, 2.0, 0.0, 0.5, -1.0, 2.0, 0.5], np.float32)
+    cand, _ = filtered_probs(logits, SamplingParams(temperature=1.0, top_p=0.9999))
+    assert cand.tolist() == [2, 6, 0, 4, 7, 1, 3, 5]
 
 
 def test_top_k_one_and_zero_temperature_are_greedy():
