@@ -24,7 +24,8 @@ from typing import Callable, TextIO
 
 from llmc.compiler.errors import LlmcError
 from llmc.frontends.tokenizer import Tokenizer, render_chat
-from llmc.runtime.engine import CausalLM, Engine, GenerationParams, KVState
+from llmc.runtime.engine import (CausalLM, Engine, GenerationParams, KVState, Timings,
+                                 format_timings)
 
 BAICHUAN_USER_ID, BAICHUAN_ASSISTANT_ID = 195, 196
 BAICHUAN_ROLE_PIECES = ("<reserved_106>", "<reserved_107>")
@@ -156,8 +157,8 @@ class ChatSession:
 
 
 def _answer(engine: Engine, session: ChatSession, params: GenerationParams, state: KVState,
-            stdout: TextIO) -> tuple[str, str]:
-    """Stream one answer; its text and how it ended ("interrupted" on Ctrl-C)."""
+            stdout: TextIO) -> tuple[str, str, Timings]:
+    """Stream one answer; its text, how it ended ("interrupted" on Ctrl-C), its timings."""
     shown = ""
     run = engine.stream([session.prompt()], params, state=state)
     try:
@@ -167,13 +168,17 @@ def _answer(engine: Engine, session: ChatSession, params: GenerationParams, stat
                 stdout.write(event.text)
                 stdout.flush()
     except KeyboardInterrupt:
-        return shown, "interrupted"
-    result = run.result
-    return result.rows[0].text, result.rows[0].finish_reason
+        return shown, "interrupted", run.timings
+    row = run.result.rows[0]
+    return row.text, row.finish_reason, run.timings
 
 
-def _params(tokenizer: Tokenizer, fmt: ChatFormat, params: GenerationParams | None) -> GenerationParams:
-    params = params or GenerationParams(max_new_tokens=512)
+def _params(tokenizer: Tokenizer, fmt: ChatFormat, params: GenerationParams | None,
+            limit: int) -> GenerationParams:
+    params = params or GenerationParams(max_new_tokens=min(512, limit // 2))
+    if params.max_new_tokens >= limit:
+        raise LlmcError(f"chat: {params.max_new_tokens} new tokens leave no room for the "
+                        f"conversation in the model's {limit} positions")
     eos = set(params.eos_ids) | set(fmt.stop_ids)
     if not params.eos_ids and tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
@@ -181,30 +186,35 @@ def _params(tokenizer: Tokenizer, fmt: ChatFormat, params: GenerationParams | No
                    stop=tuple(dict.fromkeys(tuple(params.stop) + fmt.stop)))
 
 
+def _read(stdin: TextIO, stdout: TextIO, prefix: str) -> str | None:
+    """The next user line, or None at the end of input or on Ctrl-C."""
+    stdout.write(prefix)
+    stdout.flush()
+    try:
+        line = stdin.readline()
+    except KeyboardInterrupt:
+        line = ""
+    if not line:
+        stdout.write("\n")
+        return None
+    return line.strip()
+
+
 def chat(model: CausalLM | Engine, tokenizer: Tokenizer, stdin: TextIO, stdout: TextIO,
          params: GenerationParams | None = None, system: str | None = None,
-         style: str = "auto", user_prefix: str = "USER: ",
+         style: str = "auto", stats: bool = False, user_prefix: str = "USER: ",
          assistant_prefix: str = "ASSISTANT: ") -> int:
-    """Run the chat until /exit or the end of `stdin`; returns the number of answers."""
+    """Run the chat until /exit or the end of `stdin`; returns the number of answers.
+    `stats`: a line of prefill/decode speed after each answer."""
     engine = model if isinstance(model, Engine) else Engine(model, tokenizer)
     fmt = chat_format(tokenizer, style)
-    params = _params(tokenizer, fmt, params)
     limit = engine.model.max_positions or DEFAULT_CONTEXT
-    session = ChatSession(fmt, system, max(1, limit - params.max_new_tokens))
+    params = _params(tokenizer, fmt, params, limit)
+    session = ChatSession(fmt, system, limit - params.max_new_tokens)
     state, answers = KVState(capacity=min(limit, DEFAULT_CONTEXT)), 0
-    while True:
-        stdout.write(user_prefix)
-        stdout.flush()
-        try:
-            line = stdin.readline()
-        except KeyboardInterrupt:
-            line = ""
-        if not line:
-            stdout.write("\n")
-            return answers
-        text = line.strip()
+    while (text := _read(stdin, stdout, user_prefix)) is not None:
         if text in ("/exit", "/quit"):
-            return answers
+            break
         if text == "/reset":
             session.turns.clear()
             stdout.write("(history cleared)\n")
@@ -213,7 +223,10 @@ def chat(model: CausalLM | Engine, tokenizer: Tokenizer, stdin: TextIO, stdout: 
             continue
         session.turns.append({"role": "user", "content": text})
         stdout.write(assistant_prefix)
-        answer, reason = _answer(engine, session, params, state, stdout)
+        answer, reason, timings = _answer(engine, session, params, state, stdout)
         session.turns.append({"role": "assistant", "content": answer})
         stdout.write(" (stopped)\n" if reason == "interrupted" else "\n")
+        if stats:
+            stdout.write(f"[{format_timings(timings)}]\n")
         answers += 1
+    return answers

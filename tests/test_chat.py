@@ -176,3 +176,13 @@ def test_history_stays_within_the_model_positions(json_tok):
 def test_unknown_style(json_tok):
     with pytest.raises(LlmcError, match="unknown format 'chatml'"):
         chat_format(json_tok, "chatml")
+
+
+def test_stats_line_after_each_answer(json_tok):
+    _, out, answers = run_chat(json_tok, "Hello world\nThe fox?\n", stats=True)
+    assert answers == 2 and out.count("[prefill ") == 2 and out.count(" tok/s)]\n") == 2
+
+
+def test_too_many_new_tokens_for_the_model(json_tok):
+    with pytest.raises(LlmcError, match="300 new tokens leave no room"):
+        run_chat(json_tok, "Hi\n", params=GenerationParams(max_new_tokens=300))
