@@ -114,7 +114,7 @@ class RowResult:
 class Timings:
     """Engine time (the runtime plus sampling and text; not the consumer's) by phase."""
 
-    prefill_tokens: int = 0
+    prefill_tokens: int = 0  # prompt tokens computed (a reused cached prefix is not)
     prefill_s: float = 0.0
     decode_tokens: int = 0
     decode_s: float = 0.0

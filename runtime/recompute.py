@@ -55,7 +55,7 @@ class RecomputeLM:
             tokens[past:] = [int(t) for t in input_ids[j]]
             by_length.setdefault(len(tokens), []).append(j)
         out = np.zeros((len(rows), self.vocab_size), np.float32)
-        for length, js in by_length.items():
+        for js in by_length.values():
             ids = np.asarray([cache[rows[j]] for j in js], np.int64)
-            out[js] = self.logits_fn(ids)[:, length - 1]
+            out[js] = self.logits_fn(ids)[:, -1]  # (graphs may return the last position only)
         return out
