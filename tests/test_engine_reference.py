@@ -77,3 +77,13 @@ def test_recompute_logits_are_the_last_positions():
     step = model.forward(cache, [1], np.asarray([[6]], np.int64), np.asarray([3]))
     np.testing.assert_allclose(step[0], full_logits(full, weights, [[3, 4, 5, 6]])[0, -1],
                                rtol=1e-6)
+
+
+def test_a_last_token_only_graph_generates_the_same():
+    from llmc.compile import build_graph
+
+    cfg, full, weights = model_for("llama_gqa")
+    last_only = build_graph(cfg, HF, "full", last_token_only=True)
+    params = GenerationParams(max_new_tokens=5)
+    want = generate(RecomputeLM.from_graph(full, weights), PROMPTS, params).tokens
+    assert generate(RecomputeLM.from_graph(last_only, weights), PROMPTS, params).tokens == want
