@@ -88,6 +88,7 @@ def _baichuan(tokenizer: Tokenizer) -> ChatFormat:
     user, assistant = baichuan_role_ids(tokenizer)
 
     def render(messages: list[dict]) -> list[int]:
+        """System text, then each turn's role id and text, then the assistant id."""
         ids: list[int] = []
         for m in messages:
             body = tokenizer.encode(m["content"], add_special_tokens=False)
@@ -105,6 +106,7 @@ def _llama2(tokenizer: Tokenizer) -> ChatFormat:
         else ""
 
     def render(messages: list[dict]) -> list[int]:
+        """The built-in Llama-2 template, tokenized with its <s>/</s> as special ids."""
         text = render_chat(LLAMA2_TEMPLATE, messages, True, bos_token=bos or "",
                            eos_token=eos or "")
         return tokenizer.encode(text, add_special_tokens=False)
@@ -114,6 +116,7 @@ def _llama2(tokenizer: Tokenizer) -> ChatFormat:
 
 def _own_template(tokenizer: Tokenizer) -> ChatFormat:
     def render(messages: list[dict]) -> list[int]:
+        """The checkpoint's template through the tokenizer wrapper."""
         return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
 
     return ChatFormat("template", render)

@@ -178,6 +178,8 @@ class _Row:
         return len(self.prompt) + len(self.tokens) - 1
 
     def accept(self, index: int, token: int) -> TokenEvent:
+        """Take the row's new token: its event, with the text it shows and whether the row
+        ends (eos: the text held back is flushed, the eos text is not shown)."""
         self.tokens.append(token)
         if token in self.eos:
             self.finish_reason = "eos"

@@ -27,7 +27,9 @@ _MAX_CONTEXT = 64
 class Decoder(Protocol):
     """What text streaming needs of a tokenizer (llmc.frontends.tokenizer.Tokenizer)."""
 
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Text of `ids`."""
+        ...
 
 
 class Detokenizer:
