@@ -1,7 +1,8 @@
 """The generation engine: prefill and decode over any runtime that implements `CausalLM`.
 
-The contract a runtime implements (the ONNX Runtime session and the reference
-interpreter both do):
+The contract a runtime implements (runtime/recompute.py's `RecomputeLM` does it for any
+full-sequence logits function; the ONNX Runtime session and a cached reference backend
+are to):
 
 ``vocab_size: int``
     Width of the logits.
@@ -23,12 +24,20 @@ length, ``past_len`` 0, or the length of a reused prefix: so `seq > 1` with
 `past_len > 0` must work too), then every live row decodes one token per step together
 (``seq == 1``, per-row `past_lens`). A row that has finished never appears again, so a
 backend may run whole batches and write anything into finished rows. A row's keys and
-values below its `past_len` are never rewritten.
+values below its `past_len` are never rewritten. (`seq > 1` at `past_len > 0` only comes
+from a kept `KVState`, i.e. a chat's next turn; a backend whose kernel cannot continue a
+prompt may feed those tokens one at a time inside its forward.)
 
 Per request (`GenerationParams`): the sampling of runtime/sampling.py, `max_new_tokens`,
 stop on `eos_token_id` (an int or several) and on `stop` strings (which need a tokenizer).
 Rows finish independently. With a tokenizer each new token comes with the text it
 completes (runtime/textstream.py): the row's text is the concatenation of those deltas.
+
+Use: `Engine(model, tokenizer).generate(prompts, params, on_token=cb)` returns a
+`GenerationResult` (tokens, texts, finish reasons, `Timings`: time to first token,
+prefill and decode tokens/s, engine time only); `Engine.stream(...)` is the same as an
+iterator of `TokenEvent`s with `.result` at the end. A `KVState` keeps one row's cache
+between calls, so a prompt that extends the previous one prefills only the new part.
 """
 
 from __future__ import annotations
