@@ -14,7 +14,6 @@ and type only; their data lives in a weights manifest, never in the IR.
 from __future__ import annotations
 
 import json
-import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,38 +25,13 @@ from .ops.registry import OpError
 # ---- printer -------------------------------------------------------------------
 
 
-def format_attr(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, DType):
-        return v.value
-    if isinstance(v, (tuple, list)):
-        return "[" + ", ".join(format_attr(x) for x in v) + "]"
-    raise TypeError(f"cannot print attribute value {v!r}")
-
-
-def print_attrs(op: Op) -> str:
+def non_default_attrs(op: Op) -> dict:
+    """The attributes of `op` that differ from their schema defaults, in the op's order."""
     try:
         specs = get_op(op.kind).attrs
     except OpError:
         specs = {}
-    items = []
-    for k, v in op.attrs.items():
-        spec = specs.get(k)
-        if spec is not None and _same(spec.default, v):
-            continue
-        items.append(f"{k} = {format_attr(v)}")
-    return " {" + ", ".join(items) + "}" if items else ""
+    return {k: v for k, v in op.attrs.items() if k not in specs or not _same(specs[k].default, v)}
 
 
 def _same(a, b) -> bool:
@@ -65,10 +39,8 @@ def _same(a, b) -> bool:
 
 
 def print_op(op: Op) -> str:
-    results = ", ".join(v.ref for v in op.outputs)
-    operands = ", ".join(v.ref for v in op.inputs)
-    types = ", ".join(str(v.type) for v in op.outputs)
-    return f"{results} = {op.kind}({operands}){print_attrs(op)} : {types}"
+    """One op as canonical IR text (attributes equal to their defaults left out)."""
+    return op.format(non_default_attrs(op))
 
 
 def print_graph(g: Graph) -> str:
