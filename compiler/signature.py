@@ -11,6 +11,7 @@ are filled in declaration order while slots remain, and a variadic name takes th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 Slot = int | slice | None  # a position, a variadic run, or an absent optional
 
@@ -67,6 +68,31 @@ class Names:
             else:
                 present -= n.endswith("?")
                 out[n.rstrip("?")], pos = pos, pos + 1
+        return out
+
+    def positional(self, named: Mapping[str, Any]) -> list:
+        """The values of `named` (name → value, a list for a variadic name, None or left out
+        for an absent optional) in declaration order."""
+        unknown = sorted(set(named) - set(self.plain))
+        if unknown:
+            raise ValueError(f"op '{self.kind}' has no {self.side} '{unknown[0]}' "
+                             f"({self.side}s: {', '.join(self.plain) or 'none'})")
+        out: list = []
+        skipped = None
+        for n in self.names:
+            v = named.get(_plain(n))
+            if v is None and not n.endswith("*"):
+                if not n.endswith("?"):
+                    raise ValueError(f"op '{self.kind}': {self.side} '{n}' is required")
+                skipped = skipped or n
+                continue
+            if skipped is not None:
+                raise ValueError(f"op '{self.kind}': {self.side} '{_plain(n)}' cannot be given "
+                                 f"without '{_plain(skipped)}'")
+            if n.endswith("*"):
+                out.extend(v or [])
+            else:
+                out.append(v)
         return out
 
     def slot(self, name: str, count: int) -> Slot:
