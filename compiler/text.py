@@ -121,6 +121,11 @@ def parse(text: str | bytes, filename: str = "<input>") -> Graph:
     return _Builder(text, filename).graph(tree.children[0])
 
 
+# Lists in attribute values nest this deep at most: no op attribute needs more than one
+# level, and a bound keeps a hostile file from exhausting the Python stack.
+MAX_ATTR_NESTING = 16
+
+
 class _Builder:
     """Turns the lark tree into a Graph, checking names, arity, attrs and types."""
 
@@ -238,7 +243,7 @@ class _Builder:
         op.loc = (optok.line, optok.column)
         g.append(op)
 
-    def attrval(self, node):
+    def attrval(self, node, depth: int = 1):
         kind = node.data
         if kind == "int":
             return self.int64(node.children[0])
@@ -255,7 +260,9 @@ class _Builder:
             return False
         if kind == "dtype":
             return DType(str(node.children[0]))
-        return tuple(self.attrval(c) for c in node.children if c is not None)
+        if depth > MAX_ATTR_NESTING:
+            raise self.err(f"attribute value nested deeper than {MAX_ATTR_NESTING} lists", node)
+        return tuple(self.attrval(c, depth + 1) for c in node.children if c is not None)
 
     def int64(self, tok) -> int:
         v = int(tok)

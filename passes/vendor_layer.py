@@ -277,8 +277,9 @@ def _middle_layers(g: Graph, ctx: PassContext) -> int:
     if n is not None:
         return max(n - 2, 0)
     fused = {op.attrs["flag"] for op in g.ops if op.kind == "fused_blha_layer"}
-    unfused_ends = (FLAG_BEGIN not in fused) + (FLAG_END not in fused)
-    return max(count(g, "block_multihead_attention") - unfused_ends, 0)
+    unfused_first = FLAG_BEGIN not in fused
+    unfused_last = FLAG_END not in fused and count(g, "rebuild_padding") > 0  # as _last_layer
+    return max(count(g, "block_multihead_attention") - unfused_first - unfused_last, 0)
 
 
 define_pass("llama_fuse_attention_layer_begin", "embedding + the first decoder layer → "
