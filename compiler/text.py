@@ -174,24 +174,7 @@ class _Builder:
             raise self.err(f"use of undefined {what} {tok}", tok) from None
 
     def stmt(self, g: Graph, node) -> None:
-        ch = node.children
-        i = 0
-        results = []
-        while ch[i].type == "VALUE":
-            results.append(ch[i])
-            i += 1
-        optok = ch[i]
-        i += 1
-        operands = []
-        while i < len(ch) and (ch[i] is None or getattr(ch[i], "type", None) in ("VALUE", "PARAM")):
-            if ch[i] is not None:
-                operands.append(ch[i])
-            i += 1
-        attrs_node = None
-        if i < len(ch) and getattr(ch[i], "data", None) == "attrs":
-            attrs_node = ch[i]
-            i += 1
-        types = [self.type(t) for t in ch[i:]]
+        results, optok, operands, attrs_node, types = self._split_stmt(node)
         try:
             opdef = get_op(str(optok))
         except OpError as e:
@@ -201,20 +184,7 @@ class _Builder:
             opdef.check_arity(len(ins))
         except OpError as e:
             raise self.err(str(e), optok) from None
-        raw = {}
-        for a in attrs_node.children if attrs_node is not None else []:
-            if a is None:
-                continue
-            key, val = a.children
-            if key in raw:
-                raise self.err(f"attribute '{key}' given twice", key)
-            raw[str(key)] = self.attrval(val)
-        try:
-            attrs = opdef.normalize_attrs(raw)
-        except OpError as e:
-            bad = next((a for a in (attrs_node.children if attrs_node else []) if a is not None
-                        and str(a.children[0]) in str(e)), optok)
-            raise self.err(str(e), bad.children[0] if bad is not optok else optok) from None
+        attrs = self._attrs(opdef, attrs_node, optok)
         try:
             inferred = opdef.infer_types([v.type for v in ins], attrs)
         except OpError as e:
@@ -226,22 +196,58 @@ class _Builder:
         if len(inferred) != len(results):
             raise self.err(f"op '{optok}' produces {len(inferred)} results, "
                            f"{len(results)} given", results[0])
-        outs = []
-        for tok, declared, inf in zip(results, types, inferred):
-            if not types_compatible(declared, inf):
-                raise self.err(f"type mismatch for {tok}: declared {declared} but "
-                               f"'{optok}' infers {inf}", tok)
-            self.define(tok)
-            try:
-                g.claim_name(tok[1:])
-            except ValueError as e:
-                raise self.err(str(e), tok) from None
-            v = Value(tok[1:], declared)
-            self.env[tok] = v
-            outs.append(v)
+        outs = [self._result(g, tok, declared, inf, optok)
+                for tok, declared, inf in zip(results, types, inferred)]
         op = Op(str(optok), ins, outs, attrs)
         op.loc = (optok.line, optok.column)
         g.append(op)
+
+    def _split_stmt(self, node):
+        """(result tokens, op token, operand tokens, attrs node or None, result types)."""
+        ch = node.children
+        i = 0
+        while ch[i].type == "VALUE":
+            i += 1
+        results, optok = ch[:i], ch[i]
+        i += 1
+        operands = []
+        while i < len(ch) and (ch[i] is None or getattr(ch[i], "type", None) in ("VALUE", "PARAM")):
+            if ch[i] is not None:
+                operands.append(ch[i])
+            i += 1
+        attrs_node = None
+        if i < len(ch) and getattr(ch[i], "data", None) == "attrs":
+            attrs_node = ch[i]
+            i += 1
+        return results, optok, operands, attrs_node, [self.type(t) for t in ch[i:]]
+
+    def _attrs(self, opdef, attrs_node, optok) -> dict:
+        """The op's attributes, checked against its schema, each error at its attribute."""
+        given = [a for a in (attrs_node.children if attrs_node is not None else []) if a is not None]
+        raw = {}
+        for a in given:
+            key, val = a.children
+            if key in raw:
+                raise self.err(f"attribute '{key}' given twice", key)
+            raw[str(key)] = self.attrval(val)
+        try:
+            return opdef.normalize_attrs(raw)
+        except OpError as e:
+            bad = next((a.children[0] for a in given if str(a.children[0]) in str(e)), optok)
+            raise self.err(str(e), bad) from None
+
+    def _result(self, g: Graph, tok, declared: TensorType, inferred: TensorType, optok) -> Value:
+        if not types_compatible(declared, inferred):
+            raise self.err(f"type mismatch for {tok}: declared {declared} but "
+                           f"'{optok}' infers {inferred}", tok)
+        self.define(tok)
+        try:
+            g.claim_name(tok[1:])
+        except ValueError as e:
+            raise self.err(str(e), tok) from None
+        v = Value(tok[1:], declared)
+        self.env[tok] = v
+        return v
 
     def attrval(self, node, depth: int = 1):
         kind = node.data
