@@ -15,9 +15,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator, Union
 
-from .dtypes import Dim, DType, TensorType, types_compatible  # noqa: F401 (part of the IR API)
+from .dtypes import Dim, DType, TensorType, types_compatible
 from .outputs import OutputList
 from .signature import Names, signature
+
+__all__ = ["AttrValue", "Dim", "DType", "Graph", "Op", "OutputList", "TensorType", "Value",
+           "check_name", "format_attr", "types_compatible"]
 
 VALUE_NAME = re.compile(r"[A-Za-z0-9_.]+")  # after '%' in the text format
 PARAM_NAME = re.compile(r"[A-Za-z0-9_./\-]+")  # after '@'
