@@ -28,9 +28,20 @@ class IRSyntaxError(LlmcError):
                 loc += f":{self.column}"
         out = f"{loc}: error: {self.msg}"
         if self.source_line is not None:
-            caret = " " * max((self.column or 1) - 1, 0) + "^"
-            out += f"\n  {self.source_line}\n  {caret}"
+            excerpt, at = _excerpt(self.source_line, max((self.column or 1) - 1, 0))
+            out += f"\n  {excerpt}\n  {' ' * at}^"
         return out
+
+
+def _excerpt(line: str, at: int, width: int = 100) -> tuple[str, int]:
+    """At most `width` characters of `line` around offset `at` (with '...' where cut) and
+    the caret's offset in them, so a huge line does not flood the terminal."""
+    if len(line) <= width:
+        return line, at
+    start = min(max(at - width // 2, 0), len(line) - width)
+    head = "..." if start > 0 else ""
+    tail = "..." if start + width < len(line) else ""
+    return head + line[start:start + width] + tail, at - start + len(head)
 
 
 class VerifyError(LlmcError):

@@ -1,4 +1,4 @@
-"""The graph IR: dtypes, tensor types, SSA values, ops and graphs.
+"""The graph IR: SSA values, ops and graphs (dtypes and tensor types in dtypes.py).
 
 A graph is a flat SSA dataflow graph. Values are produced by exactly one op
 (or are graph inputs / parameters) and carry a `TensorType`. Ops keep a
@@ -8,15 +8,19 @@ graph re-sorts itself only when its op list is read after a change.
 
 from __future__ import annotations
 
-import enum
 import itertools
+import json
+import math
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Union
+from typing import Iterator, Union
 
-import numpy as np
+from .dtypes import Dim, DType, TensorType, types_compatible
+from .outputs import OutputList
+from .signature import Names, signature
 
-Dim = Union[int, str]
+__all__ = ["AttrValue", "Dim", "DType", "Graph", "Op", "OutputList", "TensorType", "Value",
+           "check_name", "format_attr", "types_compatible"]
 
 VALUE_NAME = re.compile(r"[A-Za-z0-9_.]+")  # after '%' in the text format
 PARAM_NAME = re.compile(r"[A-Za-z0-9_./\-]+")  # after '@'
@@ -28,98 +32,6 @@ def check_name(name: str, kind: str) -> None:
     if not pattern.fullmatch(name):
         raise ValueError(f"{kind} name {name!r} has characters the IR text format cannot spell "
                          f"(allowed: {pattern.pattern})")
-
-
-class DType(enum.Enum):
-    """Element types. The value is the spelling in the text format."""
-
-    f32 = "f32"
-    f16 = "f16"
-    bf16 = "bf16"
-    f64 = "f64"
-    i64 = "i64"
-    i32 = "i32"
-    i8 = "i8"
-    u8 = "u8"
-    bool = "bool"
-
-    @property
-    def np(self) -> np.dtype:
-        """The numpy dtype (bf16 through ml_dtypes)."""
-        if self is DType.bf16:
-            import ml_dtypes
-
-            return np.dtype(ml_dtypes.bfloat16)
-        return np.dtype(_NP_NAMES[self])
-
-    @property
-    def is_float(self) -> bool:
-        return self in (DType.f32, DType.f16, DType.bf16, DType.f64)
-
-    @classmethod
-    def from_np(cls, dt) -> "DType":
-        dt = np.dtype(dt)
-        if dt.name == "bfloat16":
-            return cls.bf16
-        for k, v in _NP_NAMES.items():
-            if np.dtype(v) == dt:
-                return k
-        raise ValueError(f"unsupported numpy dtype {dt}")
-
-    def __repr__(self) -> str:
-        return self.value
-
-
-_NP_NAMES = {
-    DType.f32: "float32",
-    DType.f16: "float16",
-    DType.f64: "float64",
-    DType.i64: "int64",
-    DType.i32: "int32",
-    DType.i8: "int8",
-    DType.u8: "uint8",
-    DType.bool: "bool",
-}
-
-
-@dataclass(frozen=True)
-class TensorType:
-    """A tensor type: element dtype and a shape whose dims are ints or symbols."""
-
-    dtype: DType
-    shape: tuple[Dim, ...]
-
-    def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(self.shape))
-
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
-
-    @property
-    def is_static(self) -> bool:
-        return all(isinstance(d, int) for d in self.shape)
-
-    def numel(self) -> int | None:
-        if not self.is_static:
-            return None
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    def with_shape(self, shape: Iterable[Dim]) -> "TensorType":
-        return TensorType(self.dtype, tuple(shape))
-
-    def with_dtype(self, dtype: DType) -> "TensorType":
-        return TensorType(dtype, self.shape)
-
-    def __str__(self) -> str:
-        return f"{self.dtype.value}[{', '.join(str(d) for d in self.shape)}]"
-
-
-def types_compatible(a: TensorType, b: TensorType) -> bool:
-    """Same dtype and rank, and no dim known to differ (symbols match anything)."""
-    return (a.dtype is b.dtype and a.rank == b.rank
-            and all(x == y or isinstance(x, str) or isinstance(y, str)
-                    for x, y in zip(a.shape, b.shape)))
 
 
 class Value:
@@ -148,7 +60,11 @@ AttrValue = Union[int, float, bool, str, tuple, DType]
 
 
 class Op:
-    """An operation: kind, operand values, result values and typed attributes."""
+    """An operation: kind, operand values, result values and typed attributes.
+
+    Operands and results are reached by the names the op's schema declares:
+    `op.operand("w")`, `op.result("cache_k_out")`, `op.operands("xs")` for a variadic one;
+    `op.inputs` / `op.outputs` stay the positional lists."""
 
     __slots__ = ("kind", "inputs", "outputs", "attrs", "seq", "graph", "loc")
 
@@ -171,73 +87,61 @@ class Op:
             raise ValueError(f"op '{self.kind}' has {len(self.outputs)} results")
         return self.outputs[0]
 
+    def operand(self, name: str) -> Value | None:
+        """The operand called `name` in the op's schema; None for an absent optional one."""
+        return _single(self, signature(self.kind).operands, self.inputs, name)
+
+    def result(self, name: str) -> Value | None:
+        """The result called `name` in the op's schema; None for an absent optional one."""
+        return _single(self, signature(self.kind).results, self.outputs, name)
+
+    def operands(self, name: str) -> list[Value]:
+        """The values of the variadic operand `name` (e.g. concat's `xs`)."""
+        slot = signature(self.kind).operands.slot(name, len(self.inputs))
+        if not isinstance(slot, slice):
+            raise ValueError(f"operand '{name}' of '{self.kind}' is not variadic: use op.operand")
+        return self.inputs[slot]
+
+    def format(self, attrs: dict[str, AttrValue] | None = None) -> str:
+        """The op as a line of IR text, with `attrs` (default: all of them) in braces."""
+        attrs = self.attrs if attrs is None else attrs
+        braces = (" {" + ", ".join(f"{k} = {format_attr(v)}" for k, v in attrs.items()) + "}"
+                  if attrs else "")
+        return (f"{', '.join(v.ref for v in self.outputs)} = {self.kind}"
+                f"({', '.join(v.ref for v in self.inputs)}){braces} : "
+                f"{', '.join(str(v.type) for v in self.outputs)}")
+
     def __repr__(self) -> str:
-        from .text import print_op
-
-        return print_op(self)
+        return self.format()
 
 
-class OutputList(list):
-    """A graph's output list with O(1) membership (`v in g.outputs`), which rewrites ask
-    for every value they erase; a plain list scan made 80-layer compiles quadratic."""
+def _single(op: Op, names: Names, values: list[Value], name: str) -> Value | None:
+    slot = names.slot(name, len(values))
+    if isinstance(slot, slice):
+        how = "op.operands(name)" if names.side == "operand" else "op.outputs"
+        raise ValueError(f"{names.side} '{name}' of '{op.kind}' is variadic: use {how}")
+    return None if slot is None else values[slot]
 
-    def __init__(self, items: Iterable[Value] = ()):
-        super().__init__(items)
-        self._pos: dict[Value, list[int]] = {}
-        for i, v in enumerate(self):
-            self._pos.setdefault(v, []).append(i)
 
-    def _recount(self) -> None:
-        OutputList.__init__(self, list(self))
-
-    def __contains__(self, v) -> bool:
-        return v in self._pos
-
-    def replace(self, old: Value, new: Value) -> None:
-        """Put `new` wherever `old` is, in O(occurrences)."""
-        for i in self._pos.pop(old, ()):
-            super().__setitem__(i, new)
-            self._pos.setdefault(new, []).append(i)
-
-    def __reduce__(self):
-        return (OutputList, (list(self),))
-
-    def append(self, v: Value) -> None:
-        super().append(v)
-        self._pos.setdefault(v, []).append(len(self) - 1)
-
-    def extend(self, vs: Iterable[Value]) -> None:
-        super().extend(vs)
-        self._recount()
-
-    def __iadd__(self, vs):
-        self.extend(vs)
-        return self
-
-    def __setitem__(self, i, v) -> None:
-        super().__setitem__(i, v)
-        self._recount()
-
-    def __delitem__(self, i) -> None:
-        super().__delitem__(i)
-        self._recount()
-
-    def insert(self, i, v: Value) -> None:
-        super().insert(i, v)
-        self._recount()
-
-    def pop(self, i: int = -1) -> Value:
-        v = super().pop(i)
-        self._recount()
-        return v
-
-    def remove(self, v: Value) -> None:
-        super().remove(v)
-        self._recount()
-
-    def clear(self) -> None:
-        super().clear()
-        self._pos = {}
+def format_attr(v: AttrValue) -> str:
+    """An attribute value spelled as in the IR text format."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, DType):
+        return v.value
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(format_attr(x) for x in v) + "]"
+    raise TypeError(f"cannot print attribute value {v!r}")
 
 
 @dataclass

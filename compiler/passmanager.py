@@ -10,6 +10,8 @@ the vendor's format plus what no peer reports:
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import re
 import tempfile
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from .binding import call_with, check_offered, parameter_names
 from .errors import LlmcError, PassError
 from .ir import Graph
 from .text import print_graph
@@ -33,9 +36,14 @@ class PassContext:
 
 @dataclass
 class Pass:
-    """Base class. Subclasses set `name`, define option fields and implement `run`."""
+    """Base class. Subclasses set `name`, define option fields and implement `run`
+    (or are declared in one call with `define_pass`)."""
 
     name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check_option(self.name, f, getattr(self, f.name))
 
     def run(self, g: Graph, ctx: PassContext) -> int:
         """Transform `g` in place; return the number of matches (rewrites)."""
@@ -44,6 +52,10 @@ class Pass:
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
         """How many matches the model structure predicts (None: no prediction)."""
         return None
+
+    def options(self) -> dict[str, Any]:
+        """The option values of this pass instance, by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def doc(cls) -> str:
@@ -74,14 +86,87 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
     return cls
 
 
+def define_pass(name: str, doc: str, run: Callable[..., int], *,
+                expected: Callable[..., int | None] | None = None,
+                options: dict[str, Option] | None = None) -> type[Pass]:
+    """Declare and register a pass in one call.
+
+    `run` and `expected` receive, by the names they declare, the graph `g`, the
+    `ctx` (PassContext), each option by its name, and `options` (all of them as a dict);
+    `options` maps each option name to its `Option` (default, bound, help)."""
+    options = dict(options or {})
+    reserved = sorted({"g", "ctx", "options"} & set(options))
+    if reserved:
+        raise TypeError(f"pass '{name}': option name '{reserved[0]}' is reserved")
+    offered = {"g", "ctx", "options", *options}
+    run_args = parameter_names(run, f"pass '{name}' run")
+    check_offered(run_args, offered, f"pass '{name}' run")
+    exp_args = parameter_names(expected, f"pass '{name}' expected") if expected else ()
+    check_offered(exp_args, offered, f"pass '{name}' expected")
+
+    def offer(self, g: Graph, ctx: PassContext) -> dict[str, Any]:
+        return dict(self.options(), g=g, ctx=ctx, options=self.options())
+
+    def run_method(self, g: Graph, ctx: PassContext) -> int:
+        return call_with(run, run_args, offer(self, g, ctx))
+
+    def expected_method(self, g: Graph, ctx: PassContext) -> int | None:
+        return None if expected is None else call_with(expected, exp_args, offer(self, g, ctx))
+
+    fields = [(k, type(o.default), o.as_field()) for k, o in options.items()]
+    cls_name = "".join(part.title() for part in name.split("_")) + "Pass"
+    cls = dataclasses.make_dataclass(cls_name, fields, bases=(Pass,), namespace={
+        "name": name, "__doc__": doc, "run": run_method, "expected": expected_method,
+        "__module__": getattr(run, "__module__", __name__)})
+    return register_pass(cls)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A pass option: its default, an optional lower bound and a one-line help."""
+
+    default: Any
+    help: str = ""
+    min: float | None = None
+
+    def as_field(self) -> Any:
+        """A dataclass field holding this option (bound and help as metadata)."""
+        return field(default=self.default, metadata={"min": self.min, "help": self.help})
+
+
 def _fmt_opt(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
 
 
+def _type_name(f: dataclasses.Field) -> str:
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+
+_TYPE_CHECKS = {
+    "bool": lambda v: isinstance(v, bool),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    "str": lambda v: isinstance(v, str),
+}
+
+
+def check_option(passname: str, f: dataclasses.Field, value) -> None:
+    """An option value of the declared type, within its declared bound, or a LlmcError."""
+    typ = _type_name(f)
+    ok = _TYPE_CHECKS.get(typ)
+    if ok is not None and not ok(value):
+        want = "a finite float" if typ == "float" else typ
+        raise LlmcError(f"pass '{passname}': option '{f.name}' expects {want}, got {value!r}")
+    low = f.metadata.get("min")
+    if low is not None and value < low:
+        raise LlmcError(f"pass '{passname}': option '{f.name}' must be >= {_fmt_opt(low)}, "
+                        f"got {_fmt_opt(value)}")
+
+
 def _convert(passname: str, f: dataclasses.Field, raw: str):
-    typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    typ = _type_name(f)
     try:
         if typ == "bool":
             if raw.lower() not in ("true", "false", "1", "0"):
@@ -114,10 +199,9 @@ def parse_pipeline(spec: str) -> list[Pass]:
 
 
 def make_pass(name: str, options: str | None = None) -> Pass:
+    """An instance of the pass `name` with options parsed from `opt=v,other=w`."""
     cls = PASSES.get(name)
     if cls is None:
-        import difflib
-
         close = difflib.get_close_matches(name, PASSES, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise LlmcError(f"unknown pass '{name}'{hint}; known passes: {', '.join(sorted(PASSES))}")
@@ -129,6 +213,8 @@ def make_pass(name: str, options: str | None = None) -> Pass:
         if not eq or key not in fields:
             known = ", ".join(fields) or "none"
             raise LlmcError(f"pass '{name}': unknown option '{key}' (options: {known})")
+        if key in kwargs:
+            raise LlmcError(f"pass '{name}': option '{key}' is given twice")
         kwargs[key] = _convert(name, fields[key], raw.strip())
     return cls(**kwargs)
 

@@ -14,7 +14,6 @@ and type only; their data lives in a weights manifest, never in the IR.
 from __future__ import annotations
 
 import json
-import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,38 +25,13 @@ from .ops.registry import OpError
 # ---- printer -------------------------------------------------------------------
 
 
-def format_attr(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, DType):
-        return v.value
-    if isinstance(v, (tuple, list)):
-        return "[" + ", ".join(format_attr(x) for x in v) + "]"
-    raise TypeError(f"cannot print attribute value {v!r}")
-
-
-def print_attrs(op: Op) -> str:
+def non_default_attrs(op: Op) -> dict:
+    """The attributes of `op` that differ from their schema defaults, in the op's order."""
     try:
         specs = get_op(op.kind).attrs
     except OpError:
         specs = {}
-    items = []
-    for k, v in op.attrs.items():
-        spec = specs.get(k)
-        if spec is not None and _same(spec.default, v):
-            continue
-        items.append(f"{k} = {format_attr(v)}")
-    return " {" + ", ".join(items) + "}" if items else ""
+    return {k: v for k, v in op.attrs.items() if k not in specs or not _same(specs[k].default, v)}
 
 
 def _same(a, b) -> bool:
@@ -65,10 +39,8 @@ def _same(a, b) -> bool:
 
 
 def print_op(op: Op) -> str:
-    results = ", ".join(v.ref for v in op.outputs)
-    operands = ", ".join(v.ref for v in op.inputs)
-    types = ", ".join(str(v.type) for v in op.outputs)
-    return f"{results} = {op.kind}({operands}){print_attrs(op)} : {types}"
+    """One op as canonical IR text (attributes equal to their defaults left out)."""
+    return op.format(non_default_attrs(op))
 
 
 def print_graph(g: Graph) -> str:
@@ -149,6 +121,11 @@ def parse(text: str | bytes, filename: str = "<input>") -> Graph:
     return _Builder(text, filename).graph(tree.children[0])
 
 
+# Lists in attribute values nest this deep at most: no op attribute needs more than one
+# level, and a bound keeps a hostile file from exhausting the Python stack.
+MAX_ATTR_NESTING = 16
+
+
 class _Builder:
     """Turns the lark tree into a Graph, checking names, arity, attrs and types."""
 
@@ -197,24 +174,7 @@ class _Builder:
             raise self.err(f"use of undefined {what} {tok}", tok) from None
 
     def stmt(self, g: Graph, node) -> None:
-        ch = node.children
-        i = 0
-        results = []
-        while ch[i].type == "VALUE":
-            results.append(ch[i])
-            i += 1
-        optok = ch[i]
-        i += 1
-        operands = []
-        while i < len(ch) and (ch[i] is None or getattr(ch[i], "type", None) in ("VALUE", "PARAM")):
-            if ch[i] is not None:
-                operands.append(ch[i])
-            i += 1
-        attrs_node = None
-        if i < len(ch) and getattr(ch[i], "data", None) == "attrs":
-            attrs_node = ch[i]
-            i += 1
-        types = [self.type(t) for t in ch[i:]]
+        results, optok, operands, attrs_node, types = self._split_stmt(node)
         try:
             opdef = get_op(str(optok))
         except OpError as e:
@@ -224,20 +184,7 @@ class _Builder:
             opdef.check_arity(len(ins))
         except OpError as e:
             raise self.err(str(e), optok) from None
-        raw = {}
-        for a in attrs_node.children if attrs_node is not None else []:
-            if a is None:
-                continue
-            key, val = a.children
-            if key in raw:
-                raise self.err(f"attribute '{key}' given twice", key)
-            raw[str(key)] = self.attrval(val)
-        try:
-            attrs = opdef.normalize_attrs(raw)
-        except OpError as e:
-            bad = next((a for a in (attrs_node.children if attrs_node else []) if a is not None
-                        and str(a.children[0]) in str(e)), optok)
-            raise self.err(str(e), bad.children[0] if bad is not optok else optok) from None
+        attrs = self._attrs(opdef, attrs_node, optok)
         try:
             inferred = opdef.infer_types([v.type for v in ins], attrs)
         except OpError as e:
@@ -249,24 +196,60 @@ class _Builder:
         if len(inferred) != len(results):
             raise self.err(f"op '{optok}' produces {len(inferred)} results, "
                            f"{len(results)} given", results[0])
-        outs = []
-        for tok, declared, inf in zip(results, types, inferred):
-            if not types_compatible(declared, inf):
-                raise self.err(f"type mismatch for {tok}: declared {declared} but "
-                               f"'{optok}' infers {inf}", tok)
-            self.define(tok)
-            try:
-                g.claim_name(tok[1:])
-            except ValueError as e:
-                raise self.err(str(e), tok) from None
-            v = Value(tok[1:], declared)
-            self.env[tok] = v
-            outs.append(v)
+        outs = [self._result(g, tok, declared, inf, optok)
+                for tok, declared, inf in zip(results, types, inferred)]
         op = Op(str(optok), ins, outs, attrs)
         op.loc = (optok.line, optok.column)
         g.append(op)
 
-    def attrval(self, node):
+    def _split_stmt(self, node):
+        """(result tokens, op token, operand tokens, attrs node or None, result types)."""
+        ch = node.children
+        i = 0
+        while ch[i].type == "VALUE":
+            i += 1
+        results, optok = ch[:i], ch[i]
+        i += 1
+        operands = []
+        while i < len(ch) and (ch[i] is None or getattr(ch[i], "type", None) in ("VALUE", "PARAM")):
+            if ch[i] is not None:
+                operands.append(ch[i])
+            i += 1
+        attrs_node = None
+        if i < len(ch) and getattr(ch[i], "data", None) == "attrs":
+            attrs_node = ch[i]
+            i += 1
+        return results, optok, operands, attrs_node, [self.type(t) for t in ch[i:]]
+
+    def _attrs(self, opdef, attrs_node, optok) -> dict:
+        """The op's attributes, checked against its schema, each error at its attribute."""
+        given = [a for a in (attrs_node.children if attrs_node is not None else []) if a is not None]
+        raw = {}
+        for a in given:
+            key, val = a.children
+            if key in raw:
+                raise self.err(f"attribute '{key}' given twice", key)
+            raw[str(key)] = self.attrval(val)
+        try:
+            return opdef.normalize_attrs(raw)
+        except OpError as e:
+            bad = next((a.children[0] for a in given if str(a.children[0]) in str(e)), optok)
+            raise self.err(str(e), bad) from None
+
+    def _result(self, g: Graph, tok, declared: TensorType, inferred: TensorType, optok) -> Value:
+        if not types_compatible(declared, inferred):
+            raise self.err(f"type mismatch for {tok}: declared {declared} but "
+                           f"'{optok}' infers {inferred}", tok)
+        self.define(tok)
+        try:
+            g.claim_name(tok[1:])
+        except ValueError as e:
+            raise self.err(str(e), tok) from None
+        v = Value(tok[1:], declared)
+        self.env[tok] = v
+        return v
+
+    def attrval(self, node, depth: int = 1):
         kind = node.data
         if kind == "int":
             return self.int64(node.children[0])
@@ -283,7 +266,9 @@ class _Builder:
             return False
         if kind == "dtype":
             return DType(str(node.children[0]))
-        return tuple(self.attrval(c) for c in node.children if c is not None)
+        if depth > MAX_ATTR_NESTING:
+            raise self.err(f"attribute value nested deeper than {MAX_ATTR_NESTING} lists", node)
+        return tuple(self.attrval(c, depth + 1) for c in node.children if c is not None)
 
     def int64(self, tok) -> int:
         v = int(tok)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llmc.compiler.ir import Graph, Op
-from llmc.compiler.passmanager import Pass, PassContext, register_pass
+from llmc.compiler.passmanager import define_pass
 
 
 def _exact(v):
@@ -21,23 +21,20 @@ def op_key(op: Op) -> tuple:
     return (op.kind, tuple(id(v) for v in op.inputs), attrs, tuple(v.type for v in op.outputs))
 
 
-@register_pass
-class CommonSubexpressionElimination(Pass):
-    """Merge ops of the same kind, operands and attributes into the first one."""
+def cse(g: Graph) -> int:
+    seen: dict[tuple, Op] = {}
+    n = 0
+    for op in g.ops:
+        key = op_key(op)
+        first = seen.get(key)
+        if first is None:
+            seen[key] = op
+            continue
+        for old, new in zip(op.outputs, first.outputs):
+            g.replace_all_uses(old, new)
+        g.erase(op)
+        n += 1
+    return n
 
-    name = "cse"
 
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        seen: dict[tuple, Op] = {}
-        n = 0
-        for op in g.ops:
-            key = op_key(op)
-            first = seen.get(key)
-            if first is None:
-                seen[key] = op
-                continue
-            for old, new in zip(op.outputs, first.outputs):
-                g.replace_all_uses(old, new)
-            g.erase(op)
-            n += 1
-        return n
+define_pass("cse", "Merge ops of the same kind, operands and attributes into the first one.", cse)

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from llmc.compiler.ir import Graph
-from llmc.compiler.passmanager import Pass, PassContext, register_pass
+from llmc.compiler.passmanager import define_pass
 
 
-@register_pass
-class DeadCodeElimination(Pass):
-    """Erase ops whose results are never used (every op is pure)."""
+def dce(g: Graph) -> int:
+    n = 0
+    for op in reversed(g.ops):
+        if g.is_dead(op):
+            g.erase(op)
+            n += 1
+    return n
 
-    name = "dce"
 
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        n = 0
-        for op in reversed(g.ops):
-            if g.is_dead(op):
-                g.erase(op)
-                n += 1
-        return n
+define_pass("dce", "Erase ops whose results are never used (every op is pure).", dce)

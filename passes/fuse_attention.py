@@ -15,18 +15,10 @@ from __future__ import annotations
 
 import math
 
-from llmc.compiler.ir import Graph, Value
-from llmc.compiler.passmanager import PassContext, register_pass
-from llmc.compiler.rewrite import P, rule
+from llmc.compiler.ir import Op, Value
+from llmc.compiler.rewrite import P, rule, rule_pass
 
-from .fuse_common import (
-    RulePass,
-    const_scalar,
-    const_size1,
-    known_equal,
-    known_shape,
-    per_layer_or_count,
-)
+from .fuse_common import const_scalar, const_size1, known_equal, known_shape, per_layer
 
 BSHD = {"perm": (0, 2, 1, 3)}
 ATTN = P(
@@ -68,22 +60,18 @@ def unrepeat(v: Value, b, hq: int, n) -> Value | None:
     which repeats each kv head hq/kv_heads times in a row, as the attention op reads them."""
     op, copies, target = v.producer, 1, None
     if op is not None and op.kind == "reshape":
-        cat = op.inputs[0].producer
-        if (
-            cat is None
-            or cat.kind != "concat"
-            or cat.attrs["axis"] != 2
-            or len(set(cat.inputs)) != 1
-        ):
+        cat = op.operand("x").producer
+        if cat is None or cat.kind != "concat" or cat.attrs["axis"] != 2:
             return None
-        un = cat.inputs[0].producer
-        if un is None or un.kind != "unsqueeze" or un.attrs["axes"] != (2,):
+        pieces = cat.operands("xs")
+        un = pieces[0].producer
+        if len(set(pieces)) != 1 or un is None or un.kind != "unsqueeze" or un.attrs["axes"] != (2,):
             return None
-        copies, target = len(cat.inputs), tuple(op.attrs["shape"])
-        op = un.inputs[0].producer
+        copies, target = len(pieces), tuple(op.attrs["shape"])
+        op = un.operand("x").producer
     if op is None or op.kind != "transpose" or op.attrs["perm"] != BSHD["perm"]:
         return None
-    k = op.inputs[0]
+    k = op.operand("x")
     if k.type.rank != 4 or v.type.rank != 4:
         return None
     kb, kn, hk, d = k.type.shape
@@ -134,21 +122,26 @@ def split_mask(mask: Value, n) -> tuple[bool, Value | None]:
         return True, None
     op = mask.producer
     if op is not None and op.kind == "add":
-        for m, bias in (op.inputs, op.inputs[::-1]):
+        lhs, rhs = op.operand("lhs"), op.operand("rhs")
+        for m, bias in ((lhs, rhs), (rhs, lhs)):
             if is_causal_mask(m, n):
                 return True, bias
     return False, None
 
 
-def scale_of(c) -> float | None:
+def scale_of(c: Op) -> float | None:
     """The scale a constant multiplies the [b, h, n, n] scores by, or None. The attention
     op reads scale 0 as 1/sqrt(head_dim), so a zero (or non-finite) scale is not matched."""
     s = const_size1(c.output, 4)
     return s if s is not None and s != 0.0 and math.isfinite(s) else None
 
 
-@rule(ATTN, check=lambda m: m["sm"].attrs["axis"] in (-1, 3) and scale_of(m["scale"]) is not None)
-def attention(rw, q, kr, scale, scaled, mask, masked, sm, vr):
+def _plain_softmax(sm: Op, scale: Op) -> bool:
+    return sm.attrs["axis"] in (-1, 3) and scale_of(scale) is not None
+
+
+@rule(ATTN, check=_plain_softmax)
+def attention(rw, q, kr, vr, scale, scaled, mask, masked, sm):
     if q.type.rank != 4:
         return None
     b, n, hq, _ = q.type.shape
@@ -157,7 +150,7 @@ def attention(rw, q, kr, scale, scaled, mask, masked, sm, vr):
     k, v = unrepeat(kr, b, hq, n), unrepeat(vr, b, hq, n)
     if k is None or v is None:
         return None
-    scores = scaled.inputs[0].type
+    scores = scaled.operand("lhs").type
     if not scaled.output.type == masked.output.type == sm.output.type == scores:
         return None  # the scale or the mask broadcast the scores to another shape or dtype
     causal, bias = split_mask(mask, n)
@@ -166,12 +159,5 @@ def attention(rw, q, kr, scale, scaled, mask, masked, sm, vr):
     return rw.op("attention", q, k, v, bias, causal=True, scale=scale_of(scale))
 
 
-@register_pass
-class FuseAttention(RulePass):
-    """Decomposed causal SDPA/GQA (optionally with an ALiBi bias) → attention."""
-
-    name = "fuse_attention"
-    rules = (attention,)
-
-    def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        return per_layer_or_count(ctx, g, "softmax")
+rule_pass("fuse_attention", "Decomposed causal SDPA/GQA (optionally with an ALiBi bias) → attention.",
+          [attention], expected=per_layer("softmax"))

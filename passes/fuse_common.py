@@ -1,23 +1,13 @@
-"""Helpers shared by the rewrite passes: the rule-driven pass base, model facts,
+"""Helpers shared by the rewrite passes: expected match counts from model facts,
 constants, the weight layout of sibling linears."""
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from typing import Callable
 
 import numpy as np
 from llmc.compiler.ir import Graph, Op, Value
-from llmc.compiler.passmanager import Pass, PassContext
-from llmc.compiler.rewrite import Rule, apply_rules
-
-
-class RulePass(Pass):
-    """A pass that applies its class's `rules` until none matches; returns the rewrites."""
-
-    rules: ClassVar[tuple[Rule, ...]] = ()
-
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        return apply_rules(g, list(self.rules))
+from llmc.compiler.passmanager import PassContext
 
 
 def num_layers(ctx: PassContext) -> int | None:
@@ -38,6 +28,11 @@ def per_layer_or_count(
     else how many `kind` ops (the pattern's anchor) the graph holds."""
     n = num_layers(ctx)
     return per_layers(n) if n is not None else count(g, kind)
+
+
+def per_layer(kind: str, per_layers: Callable[[int], int] = lambda n: n):
+    """An `expected` formula: per_layer_or_count over the anchor op `kind`."""
+    return lambda g, ctx: per_layer_or_count(ctx, g, kind, per_layers)
 
 
 def const_array(v: Value) -> np.ndarray | None:

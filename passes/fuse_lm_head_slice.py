@@ -4,11 +4,8 @@ per token), so the vocabulary projection runs on one token per sequence."""
 
 from __future__ import annotations
 
-from llmc.compiler.ir import Graph
-from llmc.compiler.passmanager import PassContext, register_pass
-from llmc.compiler.rewrite import P, rule
-
-from .fuse_common import RulePass
+from llmc.compiler.ir import Graph, Op
+from llmc.compiler.rewrite import P, rule, rule_pass
 
 LOGITS = P("slice", P("linear", P.var("x"), P.var("w"), name="lin", one_use=True), name="sl")
 NORMED = P(
@@ -24,13 +21,13 @@ NORMED = P(
 )
 
 
-def _token_axes(m) -> bool:
+def _token_axes(lin: Op, sl: Op) -> bool:
     """The slice is a graph output (the logits) and keeps the contracted dim whole."""
-    rank = m["lin"].inputs[0].type.rank
+    rank = lin.operand("x").type.rank
     return (
-        len(m["lin"].inputs) == 2
-        and m["sl"].output in m["sl"].graph.outputs
-        and all(a % rank != rank - 1 for a in m["sl"].attrs["axes"])
+        lin.operand("bias") is None
+        and sl.output in sl.graph.outputs
+        and all(a % rank != rank - 1 for a in sl.attrs["axes"])
     )
 
 
@@ -44,7 +41,7 @@ ADD_NORMED = P(
     "slice",
     P(
         "linear",
-        P("add_rms_norm", P.var("a"), P.var("b"), P.var("nw"), out=0, name="norm", one_use=True),
+        P("add_rms_norm", P.var("a"), P.var("b"), P.var("nw"), out="out", name="norm", one_use=True),
         P.var("w"),
         name="lin",
         one_use=True,
@@ -55,8 +52,8 @@ ADD_NORMED = P(
 
 @rule(
     ADD_NORMED,
-    check=lambda m: (
-        _token_axes(m) and not m["norm"].outputs[1].users and m["a"].type == m["b"].type
+    check=lambda lin, sl, norm, a, b: (
+        _token_axes(lin, sl) and not norm.result("sum").users and a.type == b.type
     ),
 )
 def slice_before_add_norm(rw, a, b, nw, w, norm, lin, sl):
@@ -75,19 +72,18 @@ def slice_before_lm_head(rw, x, w, lin, sl):
     return rw.op("linear", rw.op("slice", x, **sl.attrs), w, **lin.attrs)
 
 
-@register_pass
-class FuseLmHeadSlice(RulePass):
-    """slice(linear(rms_norm(h), W)) on token axes → linear(rms_norm(slice(h)), W)."""
+def _sliced_logits(g: Graph) -> int:
+    """How many graph outputs are a slice of a linear."""
+    return sum(
+        1
+        for v in g.outputs
+        if v.producer is not None
+        and v.producer.kind == "slice"
+        and v.producer.operand("x").producer is not None
+        and v.producer.operand("x").producer.kind == "linear"
+    )
 
-    name = "fuse_lm_head_slice"
-    rules = (slice_before_norm, slice_before_add_norm, slice_before_lm_head)
 
-    def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        return sum(
-            1
-            for v in g.outputs
-            if v.producer is not None
-            and v.producer.kind == "slice"
-            and v.producer.inputs[0].producer is not None
-            and v.producer.inputs[0].producer.kind == "linear"
-        )
+rule_pass("fuse_lm_head_slice", "slice(linear(rms_norm(h), W)) on token axes → "
+          "linear(rms_norm(slice(h)), W).",
+          [slice_before_norm, slice_before_add_norm, slice_before_lm_head], expected=_sliced_logits)

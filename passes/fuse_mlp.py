@@ -3,26 +3,23 @@ linears → one linear on the concatenated [gate | up] weight and one-operand sw
 
 from __future__ import annotations
 
-from llmc.compiler.ir import Graph
-from llmc.compiler.passmanager import PassContext, register_pass
-from llmc.compiler.rewrite import P, rule
+from llmc.compiler.ir import Graph, Op, Value
+from llmc.compiler.passmanager import PassContext
+from llmc.compiler.rewrite import P, rule, rule_pass
 
-from .fuse_common import RulePass, num_layers, per_layer_or_count, weight_concat_axis
+from .fuse_common import num_layers, per_layer, weight_concat_axis
 
 x = P.var("x")
 
-
-@rule(P("mul", P("silu", P.var("g")), P.var("u")), check=lambda m: m["g"].type == m["u"].type)
-def swiglu(rw, g, u):
-    return rw.op("swiglu", g, u)
+swiglu = rule(P("mul", P("silu", P.var("g")), P.var("u")), lambda rw, g, u: rw.op("swiglu", g, u),
+              check=lambda g, u: g.type == u.type, name="swiglu")
 
 
-def _siblings(m) -> bool:
-    lg, lu = m["lg"], m["lu"]
+def _siblings(lg: Op, lu: Op, wg: Value, wu: Value) -> bool:
     return (
         lg.attrs["transpose_w"] == lu.attrs["transpose_w"]
         and lg.output.type == lu.output.type
-        and m["wg"].type == m["wu"].type
+        and wg.type == wu.type
         and all(o.graph.single_user(o.output) is not None for o in (lg, lu))
     )
 
@@ -31,34 +28,19 @@ def _siblings(m) -> bool:
     P("swiglu", P("linear", x, P.param("wg"), name="lg"), P("linear", x, P.param("wu"), name="lu")),
     check=_siblings,
 )
-def gate_up(rw, x, wg, wu, lg, lu):
+def gate_up(rw, x, wg, wu, lg):
     tw = lg.attrs["transpose_w"]
     w = rw.op("concat", wg, wu, axis=weight_concat_axis(tw))
     return rw.op("swiglu", rw.op("linear", x, w, transpose_w=tw))
 
 
-@register_pass
-class FuseSwiglu(RulePass):
-    """mul(silu(gate), up) → swiglu(gate, up)."""
-
-    name = "fuse_swiglu"
-    rules = (swiglu,)
-
-    def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        return per_layer_or_count(ctx, g, "silu")
+def _two_operand_swiglus(g: Graph, ctx: PassContext) -> int:
+    n = num_layers(ctx)
+    return n if n is not None else sum(
+        1 for op in g.ops if op.kind == "swiglu" and op.operand("y") is not None)
 
 
-@register_pass
-class FuseGateUp(RulePass):
-    """swiglu(linear(x, Wg), linear(x, Wu)) → swiglu(linear(x, concat(Wg, Wu)))."""
-
-    name = "fuse_gate_up"
-    rules = (gate_up,)
-
-    def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        n = num_layers(ctx)
-        return (
-            n
-            if n is not None
-            else sum(1 for op in g.ops if op.kind == "swiglu" and len(op.inputs) == 2)
-        )
+rule_pass("fuse_swiglu", "mul(silu(gate), up) → swiglu(gate, up).", [swiglu],
+          expected=per_layer("silu"))
+rule_pass("fuse_gate_up", "swiglu(linear(x, Wg), linear(x, Wu)) → swiglu(linear(x, concat(Wg, Wu))).",
+          [gate_up], expected=_two_operand_swiglus)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from llmc.compiler.builder import make_op
 from llmc.compiler.ir import Graph, Op, Value
-from llmc.compiler.passmanager import Pass, PassContext, register_pass
+from llmc.compiler.passmanager import PassContext, define_pass
 
 from .fuse_common import num_layers, weight_concat_axis
 
 
 def plain_linear(op: Op) -> bool:
     """A bias-free linear whose weight is a graph parameter."""
-    return op.kind == "linear" and len(op.inputs) == 2 and op.inputs[1].is_param
+    return op.kind == "linear" and op.operand("bias") is None and op.operand("w").is_param
 
 
 def merge_linears(g: Graph, lins: list[Op]) -> Value:
@@ -22,9 +22,9 @@ def merge_linears(g: Graph, lins: list[Op]) -> Value:
     """
     tw = lins[0].attrs["transpose_w"]
     first = min(lins, key=lambda o: o.seq)
-    ws = [o.inputs[1] for o in lins]
+    ws = [o.operand("w") for o in lins]
     cat = make_op(g, "concat", ws, {"axis": weight_concat_axis(tw)})
-    lin = make_op(g, "linear", [lins[0].inputs[0], cat.output], {"transpose_w": tw})
+    lin = make_op(g, "linear", [lins[0].operand("x"), cat.output], {"transpose_w": tw})
     g.insert_before(first, [cat, lin])
     return lin.output
 
@@ -34,41 +34,38 @@ def sibling_groups(g: Graph, size: int) -> list[list]:
     groups = []
     seen = set()
     for op in g.ops:
-        if not plain_linear(op) or op.inputs[0] in seen:
+        if not plain_linear(op) or op.operand("x") in seen:
             continue
-        x = op.inputs[0]
+        x = op.operand("x")
         seen.add(x)
-        lins = [u for u in x.users if plain_linear(u) and u.inputs[0] is x]
+        lins = [u for u in x.users if plain_linear(u) and u.operand("x") is x]
         layouts = {u.attrs["transpose_w"] for u in lins}
         if len(lins) == size and len(layouts) == 1:
             groups.append(sorted(lins, key=lambda o: o.seq))
     return groups
 
 
-@register_pass
-class FuseQkv(Pass):
-    """Three sibling projections (q, k, v) → one linear on concat(Wq, Wk, Wv) + split."""
+def fuse_qkv(g: Graph) -> int:
+    n = 0
+    for lins in sibling_groups(g, 3):
+        sizes = [o.output.type.shape[-1] for o in lins]
+        if not all(isinstance(s, int) for s in sizes):
+            continue
+        merged = merge_linears(g, lins)
+        split = make_op(g, "split", [merged], {"axis": -1, "sizes": sizes})
+        g.insert_before(min(lins, key=lambda o: o.seq), [split])
+        for old, new in zip(lins, split.outputs):
+            g.replace_all_uses(old.output, new)
+            g.erase(old)
+        n += 1
+    g.renumber()
+    return n
 
-    name = "fuse_qkv"
 
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        n = 0
-        for lins in sibling_groups(g, 3):
-            sizes = [o.output.type.shape[-1] for o in lins]
-            if not all(isinstance(s, int) for s in sizes):
-                continue
-            merged = merge_linears(g, lins)
-            split = make_op(g, "split", [merged], {"axis": -1, "sizes": sizes})
-            g.insert_before(min(lins, key=lambda o: o.seq), [split])
-            for old, new in zip(lins, split.outputs):
-                g.replace_all_uses(old.output, new)
-                g.erase(old)
-            n += 1
-        g.renumber()
-        return n
+def _layers_unless_packed(ctx: PassContext) -> int | None:
+    n = num_layers(ctx)
+    return None if n is None else 0 if ctx.model.get("qkv_packed") else n
 
-    def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        n = num_layers(ctx)
-        if n is None:
-            return None
-        return 0 if ctx.model.get("qkv_packed") else n
+
+define_pass("fuse_qkv", "Three sibling projections (q, k, v) → one linear on concat(Wq, Wk, Wv) "
+            "+ split.", fuse_qkv, expected=_layers_unless_packed)

@@ -3,13 +3,11 @@ residual add feeds it (the add's other users then read the fused op's sum)."""
 
 from __future__ import annotations
 
-from functools import partial
+from llmc.compiler.ir import Op, Value
+from llmc.compiler.passmanager import Option
+from llmc.compiler.rewrite import P, rule, rule_pass
 
-from llmc.compiler.ir import Graph, Value
-from llmc.compiler.passmanager import Pass, PassContext, register_pass
-from llmc.compiler.rewrite import P, Rule, apply_rules
-
-from .fuse_common import const_size1, known_shape, per_layer_or_count, users_after
+from .fuse_common import const_size1, known_shape, per_layer, users_after
 
 x = P.var("x")
 NORM = P(
@@ -32,55 +30,51 @@ NORM = P(
 )
 
 
-def _eps(m) -> float | None:
+def _eps(eps: Op, mean: Op) -> float | None:
     """eps: one value whose rank is at most the mean's, so adding it keeps the mean's shape."""
-    return const_size1(m["eps"].output, m["mean"].output.type.rank)
+    return const_size1(eps.output, mean.output.type.rank)
 
 
-def _check(m) -> bool:
-    xv: Value = m["x"]
-    axes = m["mean"].attrs["axes"]
+def _check(x: Value, w: Value, eps: Op, mean: Op, inner: Op, root: Op) -> bool:
+    axes = mean.attrs["axes"]
     return (
-        xv.type.dtype.is_float
-        and xv.type.rank >= 1
-        and axes in ((-1,), (xv.type.rank - 1,))
-        and _eps(m) is not None
-        and known_shape(m["w"].type.shape, (xv.type.shape[-1],))
-        and m["inner"].output.type == m["root"].output.type == xv.type
+        x.type.dtype.is_float
+        and x.type.rank >= 1
+        and axes in ((-1,), (x.type.rank - 1,))
+        and _eps(eps, mean) is not None
+        and known_shape(w.type.shape, (x.type.shape[-1],))
+        and inner.output.type == root.output.type == x.type
     )
 
 
-def _fuse(rw, x, w, eps, sq, mean, inner, root, residual: bool):
-    epsilon = _eps({"eps": eps, "mean": mean})
+def _residual_add(rw, x: Value, root: Op, ignore: set[Op]) -> Op | None:
+    """The `add` producing x when it can fold into add_rms_norm (its other users then read
+    the fused op's sum, which is defined before each of them)."""
     add = x.producer
     if (
-        residual
-        and add is not None
+        add is not None
         and add.kind == "add"
         and x not in rw.graph.outputs
-        and add.inputs[0].type == add.inputs[1].type == x.type
-        and users_after(x, root, {sq, inner})
+        and add.operand("lhs").type == add.operand("rhs").type == x.type
+        and users_after(x, root, ignore)
     ):
-        out, s = rw.op(
-            "add_rms_norm", add.inputs[0], add.inputs[1], w, epsilon=epsilon, name=root.output.name
-        )
-        rw.graph.replace_all_uses(x, s)
-        rw.graph.erase(add)
-        return out
-    return rw.op("rms_norm", x, w, epsilon=epsilon, name=root.output.name)
+        return add
+    return None
 
 
-@register_pass
-class FuseRmsNorm(Pass):
-    """Decomposed RMSNorm (mean of squares, eps, rsqrt, scale) → rms_norm / add_rms_norm."""
+@rule(NORM, check=_check)
+def rms_norm(rw, x, w, eps, sq, mean, inner, root, residual):
+    epsilon = _eps(eps, mean)
+    add = _residual_add(rw, x, root, {sq, inner}) if residual else None
+    if add is None:
+        return rw.op("rms_norm", x, w, epsilon=epsilon, name=root.output.name)
+    out, s = rw.op("add_rms_norm", add.operand("lhs"), add.operand("rhs"), w, epsilon=epsilon,
+                   name=root.output.name)
+    rw.graph.replace_all_uses(x, s)
+    rw.graph.erase(add)
+    return out
 
-    name = "fuse_rms_norm"
-    residual: bool = True
 
-    def run(self, g: Graph, ctx: PassContext) -> int:
-        return apply_rules(
-            g, [Rule(NORM, partial(_fuse, residual=self.residual), _check, "rms_norm")]
-        )
-
-    def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        return per_layer_or_count(ctx, g, "rsqrt", lambda n: 2 * n + 1)
+rule_pass("fuse_rms_norm", "Decomposed RMSNorm (mean of squares, eps, rsqrt, scale) → "
+          "rms_norm / add_rms_norm.", [rms_norm], expected=per_layer("rsqrt", lambda n: 2 * n + 1),
+          options={"residual": Option(True, "fold a residual add into add_rms_norm")})

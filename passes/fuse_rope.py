@@ -7,11 +7,11 @@ theta is recovered from inv_freq and every entry is checked against it."""
 from __future__ import annotations
 
 import numpy as np
-from llmc.compiler.ir import DType, Graph, Value
-from llmc.compiler.passmanager import PassContext, register_pass
-from llmc.compiler.rewrite import P, rule
+from llmc.compiler.ir import DType, Graph, Op, Value
+from llmc.compiler.passmanager import PassContext
+from llmc.compiler.rewrite import P, rule, rule_pass
 
-from .fuse_common import RulePass, const_array, const_size1, known_equal, per_layer_or_count
+from .fuse_common import const_array, const_size1, known_equal, per_layer_or_count
 
 x, f = P.var("x"), P.var("f")
 
@@ -46,31 +46,24 @@ def trace_freqs(f: Value) -> tuple[Value, float, float] | None:
     mul = f.producer
     if mul is None or mul.kind != "mul":
         return None
-    for a, b in (mul.inputs, mul.inputs[::-1]):
+    lhs, rhs = mul.operand("lhs"), mul.operand("rhs")
+    for a, b in ((lhs, rhs), (rhs, lhs)):
         inv = const_array(b)
         un = a.producer
-        if (
-            inv is None
-            or inv.ndim != 1
-            or un is None
-            or un.kind != "unsqueeze"
-            or un.attrs["axes"] != (2,)
-        ):
+        if inv is None or inv.ndim != 1 or un is None or un.kind != "unsqueeze" or un.attrs["axes"] != (2,):
             continue
-        pos, factor = un.inputs[0], 1.0
+        pos, factor = un.operand("x"), 1.0
         if pos.producer is not None and pos.producer.kind == "div":
-            factor = const_size1(pos.producer.inputs[1], pos.type.rank)
-            pos = pos.producer.inputs[0]
+            factor = const_size1(pos.producer.operand("rhs"), pos.type.rank)
+            pos = pos.producer.operand("lhs")
         cast = pos.producer
-        if (
-            factor is None
-            or cast is None
-            or cast.kind != "cast"
-            or cast.inputs[0].type.dtype not in (DType.i64, DType.i32)
-        ):
+        if factor is None or cast is None or cast.kind != "cast":
             return None
+        ids = cast.operand("x")
         theta = theta_of(inv)
-        return (cast.inputs[0], theta, factor) if theta is not None else None
+        if ids.type.dtype not in (DType.i64, DType.i32) or theta is None:
+            return None
+        return ids, theta, factor
     return None
 
 
@@ -88,34 +81,33 @@ def theta_of(inv_freq: np.ndarray) -> float | None:
     return None
 
 
-def _last_axis(cat) -> bool:
+def _last_axis(cat: Op) -> bool:
     """The cos/sin table's concat joins the two frequency halves along the last axis."""
     return cat.attrs["axis"] in (-1, cat.output.type.rank - 1)
 
 
-def _check(m) -> bool:
-    d = m["x"].type.shape[-1]
-    if m["x"].type.rank != 4 or not isinstance(d, int) or d % 2:
-        return False
-    if not (
-        _last_axis(m["cos_cat"])
-        and _last_axis(m["sin_cat"])
-        and m["root"].output.type == m["x"].type
-    ):
-        return False  # the tables would broadcast x to another shape
-    hi, lo, h = m["hi"].attrs, m["lo"].attrs, d // 2
-    big = lambda e: e >= d
+def _halves(hi: Op, lo: Op, d: int) -> bool:
+    """hi = x[..., d/2:] and lo = x[..., :d/2] along the last axis, without steps."""
+    h = d // 2
     return (
-        hi["axes"] in ((3,), (-1,))
-        and hi["starts"] == (h,)
-        and big(hi["ends"][0])
-        and not hi["steps"]
-        and lo["axes"] == hi["axes"]
-        and lo["starts"] == (0,)
-        and lo["ends"] == (h,)
-        and not lo["steps"]
-        and m["f"].type.shape[-1] == h
+        hi.attrs["axes"] in ((3,), (-1,))
+        and hi.attrs["starts"] == (h,)
+        and hi.attrs["ends"][0] >= d
+        and not hi.attrs["steps"]
+        and lo.attrs["axes"] == hi.attrs["axes"]
+        and lo.attrs["starts"] == (0,)
+        and lo.attrs["ends"] == (h,)
+        and not lo.attrs["steps"]
     )
+
+
+def _check(x: Value, f: Value, hi: Op, lo: Op, root: Op, cos_cat: Op, sin_cat: Op) -> bool:
+    d = x.type.shape[-1]
+    if x.type.rank != 4 or not isinstance(d, int) or d % 2:
+        return False
+    if not (_last_axis(cos_cat) and _last_axis(sin_cat) and root.output.type == x.type):
+        return False  # the tables would broadcast x to another shape
+    return _halves(hi, lo, d) and f.type.shape[-1] == d // 2
 
 
 def _positions_fit(pos: Value, x: Value) -> bool:
@@ -130,7 +122,7 @@ def _positions_fit(pos: Value, x: Value) -> bool:
 
 
 @rule(ROPE, check=_check)
-def rope(rw, x, f, hi, lo, root, cos_cat, sin_cat):
+def rope(rw, x, f):
     traced = trace_freqs(f)
     if traced is None:
         return None
@@ -140,13 +132,10 @@ def rope(rw, x, f, hi, lo, root, cos_cat, sin_cat):
     return rw.op("rope", x, pos, theta=theta, scaling_factor=factor)
 
 
-@register_pass
-class FuseRope(RulePass):
-    """rotate_half rope on q/k with cos/sin tables from the position ids → rope."""
+def _rope_layers(g: Graph, ctx: PassContext) -> int:
+    rope_layers = ctx.model.get("position", "rope") == "rope"
+    return per_layer_or_count(ctx, g, "neg", lambda n: 2 * n if rope_layers else 0)
 
-    name = "fuse_rope"
-    rules = (rope,)
 
-    def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        rope_layers = ctx.model.get("position", "rope") == "rope"
-        return per_layer_or_count(ctx, g, "neg", lambda n: 2 * n if rope_layers else 0)
+rule_pass("fuse_rope", "rotate_half rope on q/k with cos/sin tables from the position ids → rope.",
+          [rope], expected=_rope_layers)

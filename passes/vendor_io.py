@@ -5,19 +5,18 @@ projection → `lm_head`) and llama_fuse_get_padding_offset (the padding arithme
 
 from __future__ import annotations
 
-from llmc.compiler.ir import Graph
-from llmc.compiler.passmanager import PassContext, register_pass
-from llmc.compiler.rewrite import P, rule
+from llmc.compiler.ir import Graph, Op, Value
+from llmc.compiler.passmanager import PassContext
+from llmc.compiler.rewrite import P, rule, rule_pass
 
-from .fuse_common import RulePass, count, num_layers, per_layer_or_count
+from .fuse_common import count, num_layers, per_layer
 
 x, w, nw, ids, lens = P.var("x"), P.var("w"), P.var("nw"), P.var("ids"), P.var("lens")
 NORM = P("rms_norm", x, nw, name="norm", one_use=True)
 
 
-def _is_logits(m) -> bool:
-    lin = m["lin"]
-    return len(lin.inputs) == 2 and lin.output in lin.graph.outputs
+def _is_logits(lin: Op) -> bool:
+    return lin.operand("bias") is None and lin.output in lin.graph.outputs
 
 
 @rule(P("linear", NORM, w, name="lin"), check=_is_logits)
@@ -27,9 +26,9 @@ def lm_head(rw, x, nw, w, norm, lin):
     )
 
 
-def _token_slice(m) -> bool:
-    rank = m["x"].type.rank
-    return _is_logits(m) and all(a % rank != rank - 1 for a in m["sl"].attrs["axes"])
+def _token_slice(x: Value, sl: Op, lin: Op) -> bool:
+    rank = x.type.rank
+    return _is_logits(lin) and all(a % rank != rank - 1 for a in sl.attrs["axes"])
 
 
 @rule(P("linear", P("slice", NORM, name="sl", one_use=True), w, name="lin"), check=_token_slice)
@@ -57,12 +56,12 @@ PADDING = P(
 )
 
 
-@rule(
+remove_padding = rule(
     PADDING,
-    check=lambda m: m["cast"].attrs["dtype"] is m["lens"].type.dtype and m["lens"].type.rank == 1,
+    lambda rw, ids, lens: rw.op("remove_padding", ids, lens),
+    check=lambda cast, lens: cast.attrs["dtype"] is lens.type.dtype and lens.type.rank == 1,
+    name="remove_padding",
 )
-def remove_padding(rw, ids, lens, cast):
-    return rw.op("remove_padding", ids, lens)
 
 
 def _output_linears_on(g: Graph, kind: str) -> int:
@@ -71,41 +70,22 @@ def _output_linears_on(g: Graph, kind: str) -> int:
     for v in g.outputs:
         op = v.producer
         if op is not None and op.kind == "linear":
-            src = op.inputs[0].producer
+            src = op.operand("x").producer
             n += src is not None and src.kind == kind
     return n
 
 
-@register_pass
-class LlamaFuseLmHeadWithSlice(RulePass):
-    """linear(slice(rms_norm(x)), W) producing the logits → lm_head(slice(x), norm_w, W)."""
-
-    name = "llama_fuse_lm_head_with_slice"
-    rules = (lm_head_with_slice,)
-
-    def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        return _output_linears_on(g, "slice")
+def _one_lm_head(g: Graph, ctx: PassContext) -> int:
+    if num_layers(ctx) is not None:
+        return max(1 - count(g, "lm_head"), 0)
+    return _output_linears_on(g, "rms_norm")
 
 
-@register_pass
-class LlamaFuseLmHead(RulePass):
-    """linear(rms_norm(x, norm_w), W) producing the logits → lm_head(x, norm_w, W)."""
-
-    name = "llama_fuse_lm_head"
-    rules = (lm_head,)
-
-    def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        if num_layers(ctx) is not None:
-            return max(1 - count(g, "lm_head"), 0)
-        return _output_linears_on(g, "rms_norm")
-
-
-@register_pass
-class LlamaFuseGetPaddingOffset(RulePass):
-    """cumsum(max_len - seq_lens), reduce_sum(seq_lens), get_padding_offset → remove_padding."""
-
-    name = "llama_fuse_get_padding_offset"
-    rules = (remove_padding,)
-
-    def expected(self, g: Graph, ctx: PassContext) -> int | None:
-        return per_layer_or_count(ctx, g, "get_padding_offset", lambda n: 1)
+rule_pass("llama_fuse_lm_head_with_slice", "linear(slice(rms_norm(x)), W) producing the logits → "
+          "lm_head(slice(x), norm_w, W).", [lm_head_with_slice],
+          expected=lambda g: _output_linears_on(g, "slice"))
+rule_pass("llama_fuse_lm_head", "linear(rms_norm(x, norm_w), W) producing the logits → "
+          "lm_head(x, norm_w, W).", [lm_head], expected=_one_lm_head)
+rule_pass("llama_fuse_get_padding_offset", "cumsum(max_len - seq_lens), reduce_sum(seq_lens), "
+          "get_padding_offset → remove_padding.", [remove_padding],
+          expected=per_layer("get_padding_offset", lambda n: 1))

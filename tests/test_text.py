@@ -115,6 +115,9 @@ MALFORMED = {
     "bad_attr_type": (GOOD.replace("linear(%x, @w)", "linear(%x, @w) {transpose_w = 3}"), 3,
                       "'transpose_w' expects bool"),
     "truncated": (GOOD[: GOOD.index("return")], 4, "unexpected end of file"),
+    "deep_attr_nesting": (GOOD.replace("linear(%x, @w)", "linear(%x, @w) {transpose_w = "
+                                       + "[" * 5000 + "]" * 5000 + "}"), 3,
+                          "attribute value nested deeper than 16 lists"),
     "empty": ("", None, "empty input"),
     "binary_junk": (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", None, "not UTF-8"),
 }
@@ -152,3 +155,26 @@ def test_caret_points_at_the_column():
     lines = str(e.value).splitlines()
     src, caret = lines[1], lines[2]
     assert src[caret.index("^"):].startswith("lineer")
+
+
+def test_attr_nesting_up_to_the_limit_reaches_the_schema_check():
+    """16 nested lists parse (the op then rejects the value); 17 are refused, located at
+    the 17th '['."""
+    ok = GOOD.replace("linear(%x, @w)", "linear(%x, @w) {transpose_w = " + "[" * 16 + "]" * 16 + "}")
+    with pytest.raises(IRSyntaxError, match="'transpose_w' expects bool"):
+        parse(ok)
+    deep = ok.replace("[" * 16, "[" * 17).replace("]" * 16, "]" * 17)
+    with pytest.raises(IRSyntaxError, match="nested deeper than 16") as e:
+        parse(deep)
+    assert e.value.column == deep.splitlines()[2].index("[") + 17
+
+
+def test_long_source_lines_are_excerpted_around_the_caret():
+    text = GOOD.replace("linear(%x, @w)", "linear(%x, @w) {transpose_w = " + "[" * 3000 + "}")
+    with pytest.raises(IRSyntaxError) as e:
+        parse(text, "f.llmc")
+    lines = str(e.value).splitlines()
+    assert len(lines) == 3 and all(len(ln) < 120 for ln in lines)
+    src, caret = lines[1], lines[2]
+    assert src[caret.index("^")] == "}" and src.strip().startswith("...")
+

@@ -113,6 +113,8 @@ LAYER_INPUTS = (
     "block_tables",
     "max_len?",
 )
+# flag 2 (end) returns no residual_out: its residual add is inside the op.
+LAYER_OUTPUTS = ("out", "residual_out?", "cache_k_out", "cache_v_out")
 ATTN_ATTRS = (
     "num_heads",
     "kv_heads",
@@ -203,7 +205,7 @@ def _layer_infer(*types: TensorType, **attrs):
     return list(_layer(_t, *_split_operands(types), **attrs))
 
 
-@defop("fused_blha_layer", LAYER_INPUTS, outputs=("outs*",), attrs=LAYER_ATTRS, infer=_layer_infer)
+@defop("fused_blha_layer", LAYER_INPUTS, outputs=LAYER_OUTPUTS, attrs=LAYER_ATTRS, infer=_layer_infer)
 def fused_blha_layer(*arrays, **attrs):
     """One whole decoder layer over the paged KV cache: (out, residual_out, cache_k, cache_v).
 

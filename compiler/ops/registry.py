@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import LlmcError
 from ..ir import DType, TensorType
+from ..signature import declare, signature
 
 REQUIRED = object()
 
@@ -68,9 +69,10 @@ def _describe(v) -> str:
 class OpDef:
     """One op: schema, inference, reference kernel and traits.
 
-    `inputs` names the operands; a trailing `*` marks a variadic operand (only
-    the last one), a trailing `?` an optional operand. `infer(types, attrs)`
-    returns the result types; `kernel(arrays, attrs)` returns numpy results.
+    `inputs` names the operands and `outputs` the results; a trailing `*` marks a
+    variadic one (only the last), a trailing `?` an optional one (see signature.py for
+    how names map to positions). `infer(types, attrs)` returns the result types;
+    `kernel(arrays, attrs)` returns numpy results.
     """
 
     name: str
@@ -116,7 +118,12 @@ class OpDef:
     def infer_types(self, types: list[TensorType], attrs: dict) -> list[TensorType]:
         self.check_arity(len(types))
         res = self.infer(types, attrs)
-        return list(res) if isinstance(res, (list, tuple)) else [res]
+        res = list(res) if isinstance(res, (list, tuple)) else [res]
+        try:
+            signature(self.name).results.layout(len(res))
+        except ValueError as e:  # the declared result names cannot name what infer made
+            raise OpError(str(e)) from None
+        return res
 
     def run(self, arrays: list[np.ndarray], attrs: dict) -> list[np.ndarray]:
         res = self.kernel(arrays, attrs)
@@ -140,6 +147,7 @@ def defop(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...] = ("out",
             raise ValueError(f"op '{name}' is declared twice")
         if infer is None:
             raise ValueError(f"op '{name}' needs an infer function")
+        declare(name, tuple(inputs), tuple(outputs))
         REGISTRY[name] = OpDef(
             name=name,
             inputs=tuple(inputs),
