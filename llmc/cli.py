@@ -9,6 +9,7 @@ inspect, compile, generate, fixture, demo) live in cli_model.py.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -190,9 +191,15 @@ def _usage_error_line(e) -> str:
     return f"error: {msg}{where}"
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings reach a user as one `warning: ...` line, not Python's file:line format."""
+    _err(f"warning: {message}")
+
+
 def main() -> None:
     """Console entry point: user errors become one message and exit code 2."""
     command = typer.main.get_command(app)
+    warnings.showwarning = _warning_line
     try:
         code = command.main(prog_name="llmc", standalone_mode=False)
     except NoArgsIsHelpError as e:  # bare `llmc`: the help text
