@@ -173,7 +173,7 @@ def demo(
 
 ModelDir = typer.Argument(..., help="Model directory (config.json + weights), or a config .json.")
 AllowPickle = typer.Option(False, "--allow-pickle", help="Allow pytorch_model.bin (a pickle: only for trusted files).")
-Form = typer.Option("full", "--form", help="Graph form: 'full' (training / parity) or 'inference' (KV cache).")
+Form = typer.Option("full", "--form", help="Graph form: 'full' (training / parity), 'inference' (paged KV cache) or 'cache' (max-length KV buffers).")
 
 
 def _print_summary(s: dict) -> None:
@@ -247,7 +247,7 @@ def compile_(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Compile from a config.json alone (no weights)."),
     target: str = typer.Option(..., "--target", "-t", help="ascend910b, mlu370, bi150, cuda or cpu."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Artifact directory (written atomically)."),
-    form: Optional[str] = typer.Option(None, "--form", help="Graph form: 'inference' or 'full' (default: the target's)."),
+    form: Optional[str] = typer.Option(None, "--form", help="Graph form: 'inference', 'full' or 'cache' (default: the target's)."),
     print_ir_before: Optional[List[str]] = PrintBefore,
     print_ir_after: Optional[List[str]] = PrintAfter,
     print_ir_after_all: bool = PrintAfterAll,

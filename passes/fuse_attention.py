@@ -19,6 +19,7 @@ from llmc.compiler.ir import Graph, Value
 from llmc.compiler.passmanager import PassContext, register_pass
 from llmc.compiler.rewrite import P, rule
 
+from .fuse_cached_attention import cached_attention
 from .fuse_common import (
     RulePass,
     const_scalar,
@@ -168,10 +169,11 @@ def attention(rw, q, kr, scale, scaled, mask, masked, sm, vr):
 
 @register_pass
 class FuseAttention(RulePass):
-    """Decomposed causal SDPA/GQA (optionally with an ALiBi bias) → attention."""
+    """Decomposed causal SDPA/GQA (optionally with an ALiBi bias) → attention; over the
+    cache form's KV buffers → cached_attention."""
 
     name = "fuse_attention"
-    rules = (attention,)
+    rules = (attention, cached_attention)
 
     def expected(self, g: Graph, ctx: PassContext) -> int | None:
         return per_layer_or_count(ctx, g, "softmax")
