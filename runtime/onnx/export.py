@@ -35,7 +35,7 @@ class ExternalData:
         self.bytes = 0
 
     def __call__(self, name: str, arr: np.ndarray) -> TensorProto:
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr, order="C")
         if arr.nbytes < INLINE_BYTES:
             return numpy_helper.from_array(arr, name)
         offset = -(-self.file.tell() // ALIGN) * ALIGN

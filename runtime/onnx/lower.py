@@ -49,7 +49,7 @@ def lowers(*kinds: str):
 
 def inline_sink(name: str, arr: np.ndarray) -> TensorProto:
     """Initializers held in the model itself (small graphs, tests)."""
-    return onnx.numpy_helper.from_array(np.ascontiguousarray(arr), name)
+    return onnx.numpy_helper.from_array(np.asarray(arr, order="C"), name)
 
 
 class Lowering:
@@ -95,7 +95,7 @@ class Lowering:
     def const(self, arr: np.ndarray, hint: str = "const") -> str:
         """An initializer holding `arr`."""
         name = self.fresh(hint)
-        self.initializers.append(self.sink(name, np.ascontiguousarray(arr)))
+        self.initializers.append(self.sink(name, np.asarray(arr, order="C")))
         return name
 
     def ints(self, *vals: int) -> str:
