@@ -325,6 +325,25 @@ def generate(
 
 
 @app.command()
+def export(
+    artifact: Path = typer.Argument(..., help="A directory written by `llmc compile -o`."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="Export format: onnx."),
+    output: Path = typer.Option(..., "-o", "--output", help="Directory for model.onnx and its external data."),
+    json_out: bool = JsonOut,
+):
+    """Export a compiled artifact to ONNX (standard ops + com.microsoft fused kernels)."""
+    from llmc.onnx_export import export_artifact
+
+    path = export_artifact(artifact, output, fmt)
+    data = path.with_name(path.name + ".data")
+    size = data.stat().st_size if data.exists() else 0
+    if json_out:
+        typer.echo(json.dumps({"model": str(path), "external_data_bytes": size}, indent=2))
+    else:
+        typer.echo(f"wrote {path} (+ {size / 1e6:.1f} MB external data)")
+
+
+@app.command()
 def fixture(
     out_dir: Path = typer.Argument(..., help="Directory to write the checkpoint into."),
     arch: str = typer.Option("llama", "--arch", help="llama, llama_gqa, llama_rope_scaling, baichuan2_7b, baichuan2_13b, chinese_llama2."),

@@ -90,6 +90,9 @@ CASES = [
     Case("alibi_bias", i64(2, 6, high=20), num_heads=6), Case("alibi_bias", i64(9), num_heads=5),
     Case("cached_attention", QKV["q"], QKV["k"], QKV["v"], *CACHE),
     Case("cached_attention", QKV["q"], QKV["k"], QKV["v"], *CACHE, f32(4, 1, 10), scale=0.3),
+    Case("attention", QKV["q"], QKV["k"], QKV["v"]),
+    Case("attention", f32(2, 5, 6, 16), f32(2, 5, 6, 16), f32(2, 5, 6, 16), f32(2, 6, 1, 5),
+         scale=0.2),
     Case("cached_attention", f32(1, 1, 4, 8), f32(1, 1, 4, 8), f32(1, 1, 4, 8), f32(1, 4, 6, 8),
          f32(1, 4, 6, 8), np.array([5], np.int64)),
 ]

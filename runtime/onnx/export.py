@@ -67,8 +67,11 @@ def export(graph: Graph, weights, out_dir: str | Path, *, target: str = "cpu",
     sink = ExternalData(out / DATA_FILE)
     try:
         model = lower_graph(graph, weights, target=target, max_positions=max_positions, sink=sink)
-    finally:
+    except BaseException:
         sink.close()
+        sink.path.unlink(missing_ok=True)
+        raise
+    sink.close()
     meta = {"max_positions": str(max_positions), "target": target, **(metadata or {})}
     helper.set_model_props(model, {k: str(v) for k, v in meta.items()})
     tmp = path.with_suffix(".onnx.tmp")

@@ -198,7 +198,21 @@ def lower_graph(graph: Graph, weights, *, target: str = "cpu", max_positions: in
             ctx.one("Identity", [ctx.tensor(v)], ctx.fresh(name))
             name = ctx.nodes[-1].output[0]
         outputs.append(value_info(name, v))
-    g = helper.make_graph(ctx.nodes, graph.name, [value_info(ctx.names[v], v) for v in graph.inputs],
-                          outputs, initializer=ctx.initializers)
+    nodes = live_nodes(ctx.nodes, [o.name for o in outputs])
+    used = {i for n in nodes for i in n.input}
+    inits = [t for t in ctx.initializers if t.name in used]
+    g = helper.make_graph(nodes, graph.name, [value_info(ctx.names[v], v) for v in graph.inputs],
+                          outputs, initializer=inits)
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
     return helper.make_model(g, opset_imports=opsets, producer_name="llmc", ir_version=10)
+
+
+def live_nodes(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
+    """`nodes` (in order) less those no graph output depends on: lowerings that read a
+    fused kernel's operands past a chain (rope folded into attention) leave it dead."""
+    needed, kept = set(outputs), []
+    for n in reversed(nodes):
+        if any(o in needed for o in n.output if o):
+            kept.append(n)
+            needed.update(i for i in n.input if i)
+    return kept[::-1]
