@@ -11,7 +11,7 @@ step never copies the cache.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -60,6 +60,7 @@ class KVCache:
     lengths: np.ndarray  # int64 [batch]
     max_len: int
     row_shape: tuple[int, int, int]  # kv_heads, max_len, head_dim
+    bindings: dict = field(default_factory=dict)  # (first row, end row) -> (IOBinding, logits)
 
 
 class OrtCausalLM:
@@ -137,20 +138,27 @@ class OrtCausalLM:
 
     def _run(self, cache: KVCache, lo: int, hi: int, ids: np.ndarray,
              past: np.ndarray) -> np.ndarray:
-        io = self.session.io_binding()
+        io, logits = cache.bindings.get((lo, hi)) or self._bind(cache, lo, hi)
         io.bind_cpu_input("input_ids", ids)
         io.bind_cpu_input("past_lens", np.ascontiguousarray(past))
+        self.session.run_with_iobinding(io)
+        return logits.copy() if logits is not None else io.copy_outputs_to_cpu()[0]
+
+    def _bind(self, cache: KVCache, lo: int, hi: int):
+        """An IOBinding of rows lo..hi-1 of every buffer as both past and present (kept in
+        the cache: a decode step then only rebinds its token ids and lengths)."""
+        io = self.session.io_binding()
         shape = [hi - lo, *cache.row_shape]
         row_bytes = 4 * int(np.prod(cache.row_shape))
         for past_name, present_name, buf in cache.buffers:
             ptr = buf.data_ptr() + lo * row_bytes
             io.bind_input(past_name, self.device, 0, np.float32, shape, ptr)
             io.bind_output(present_name, self.device, 0, np.float32, shape, ptr)
+        logits = None
         if self.device == "cpu":
             logits = np.empty((hi - lo, self.vocab_size), np.float32)
             io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
-            self.session.run_with_iobinding(io)
-            return logits
-        io.bind_output("logits", self.device)
-        self.session.run_with_iobinding(io)
-        return io.copy_outputs_to_cpu()[0]
+        else:
+            io.bind_output("logits", self.device)
+        cache.bindings[lo, hi] = (io, logits)
+        return io, logits
