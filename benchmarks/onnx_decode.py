@@ -28,6 +28,7 @@ from llmc.runtime.onnx.session import OrtCausalLM
 
 
 def config(a) -> dict:
+    """An HF llama config.json of the given dims."""
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": a.hidden,
             "intermediate_size": a.inter, "num_attention_heads": a.heads,
             "num_key_value_heads": a.kv_heads, "num_hidden_layers": a.layers,
@@ -36,6 +37,7 @@ def config(a) -> dict:
 
 
 def random_weights(g, seed: int = 0) -> dict[str, np.ndarray]:
+    """N(0, 0.02) fp32 weights for every parameter of g."""
     rng = np.random.default_rng(seed)
     return {n: (rng.standard_normal(p.type.shape, np.float32) * 0.02) for n, p in g.params.items()}
 
@@ -65,6 +67,7 @@ def profile_summary(path: str, top: int = 12) -> list[tuple[str, float]]:
 
 
 def main() -> None:
+    """Parse the flags, compile, export, time, and print the profile when asked."""
     ap = argparse.ArgumentParser()
     for name, default in (("hidden", 768), ("layers", 12), ("heads", 12), ("kv-heads", 12),
                           ("inter", 2048), ("vocab", 32000), ("prompt", 128), ("new", 64),

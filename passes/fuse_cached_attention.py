@@ -134,6 +134,7 @@ def _buffers(q: Value, kr: Value, vr: Value):
 @rule(CACHED_ATTN,
       check=lambda m: m["sm"].attrs["axis"] in (-1, 3) and _scale(m["scale"]) is not None)
 def cached_attention(rw, q, kr, scale, scaled, mask, masked, sm, vr):
+    """The chain → cached_attention; the buffer writes' graph outputs move to its presents."""
     found = _buffers(q, kr, vr)
     if found is None:
         return None

@@ -13,44 +13,45 @@ REDUCE = {"reduce_sum": "ReduceSum", "reduce_mean": "ReduceMean", "reduce_max": 
 
 
 def ins(ctx: Lowering, op) -> list[str]:
+    """The ONNX names of all of op's operands."""
     return [ctx.tensor(v) for v in op.inputs]
 
 
 @lowers(*BINARY)
-def binary(ctx, op, outs):
+def _binary(ctx, op, outs):
     if op.kind == "div" and not op.outputs[0].type.dtype.is_float:
         raise LoweringError("op 'div' on integers (floor division) has no ONNX lowering")
     ctx.node(BINARY[op.kind], ins(ctx, op), outs)
 
 
 @lowers(*UNARY)
-def unary(ctx, op, outs):
+def _unary(ctx, op, outs):
     ctx.node(UNARY[op.kind], ins(ctx, op), outs)
 
 
 @lowers("rsqrt")
-def rsqrt(ctx, op, outs):
+def _rsqrt(ctx, op, outs):
     ctx.node("Reciprocal", [ctx.one("Sqrt", ins(ctx, op))], outs)
 
 
 @lowers("silu")
-def silu(ctx, op, outs):
+def _silu(ctx, op, outs):
     x = ctx.tensor(op.inputs[0])
     ctx.node("Mul", [x, ctx.one("Sigmoid", [x])], outs)
 
 
 @lowers("pow")
-def pow_(ctx, op, outs):
+def _pow_(ctx, op, outs):
     ctx.node("Pow", [ctx.tensor(op.inputs[0]), ctx.scalar(op.attrs["exponent"])], outs)
 
 
 @lowers("gelu")
-def gelu(ctx, op, outs):
+def _gelu(ctx, op, outs):
     ctx.node("Gelu", ins(ctx, op), outs, approximate=op.attrs["approximate"])
 
 
 @lowers("swiglu")
-def swiglu(ctx, op, outs):
+def _swiglu(ctx, op, outs):
     if len(op.inputs) == 2:
         g, u = ins(ctx, op)
     else:
@@ -59,41 +60,42 @@ def swiglu(ctx, op, outs):
 
 
 @lowers("where")
-def where(ctx, op, outs):
+def _where(ctx, op, outs):
     ctx.node("Where", ins(ctx, op), outs)
 
 
 @lowers(*REDUCE)
-def reduce(ctx, op, outs):
+def _reduce(ctx, op, outs):
     axes = op.attrs["axes"]
     args = [ctx.tensor(op.inputs[0])] + ([ctx.ints(*axes)] if axes else [])
     ctx.node(REDUCE[op.kind], args, outs, keepdims=int(op.attrs["keepdims"]))
 
 
 @lowers("argmax")
-def argmax(ctx, op, outs):
+def _argmax(ctx, op, outs):
     ctx.node("ArgMax", ins(ctx, op), outs, axis=op.attrs["axis"],
              keepdims=int(op.attrs["keepdims"]), select_last_index=0)
 
 
 @lowers("cumsum")
-def cumsum(ctx, op, outs):
+def _cumsum(ctx, op, outs):
     ctx.node("CumSum", [ctx.tensor(op.inputs[0]), ctx.ints(op.attrs["axis"])], outs,
              exclusive=int(op.attrs["exclusive"]))
 
 
 @lowers("softmax")
-def softmax(ctx, op, outs):
+def _softmax(ctx, op, outs):
     ctx.node("Softmax", ins(ctx, op), outs, axis=op.attrs["axis"])
 
 
 def swap_last(ctx: Lowering, x: str, rank: int) -> str:
+    """x with its last two dims swapped."""
     perm = list(range(rank - 2)) + [rank - 1, rank - 2]
     return ctx.one("Transpose", [x], perm=perm)
 
 
 @lowers("matmul")
-def matmul(ctx, op, outs):
+def _matmul(ctx, op, outs):
     a, b = ins(ctx, op)
     if op.attrs["transpose_a"]:
         a = swap_last(ctx, a, op.inputs[0].type.rank)
@@ -103,7 +105,7 @@ def matmul(ctx, op, outs):
 
 
 @lowers("linear")
-def linear(ctx, op, outs):
+def _linear(ctx, op, outs):
     x, w = op.inputs[0], op.inputs[1]
     tw = op.attrs["transpose_w"]
     if w in ctx.static:
@@ -117,7 +119,7 @@ def linear(ctx, op, outs):
 
 
 @lowers("l2_normalize")
-def l2_normalize(ctx, op, outs):
+def _l2_normalize(ctx, op, outs):
     x = ctx.tensor(op.inputs[0])
     n = ctx.one("ReduceL2", [x, ctx.ints(op.attrs["axis"])], keepdims=1)
     if op.attrs["epsilon"]:
@@ -126,12 +128,12 @@ def l2_normalize(ctx, op, outs):
 
 
 @lowers("layer_norm")
-def layer_norm(ctx, op, outs):
+def _layer_norm(ctx, op, outs):
     ctx.node("LayerNormalization", ins(ctx, op), outs, axis=-1, epsilon=op.attrs["epsilon"])
 
 
 @lowers("reshape")
-def reshape(ctx, op, outs):
+def _reshape(ctx, op, outs):
     x, shape = op.inputs[0], op.attrs["shape"]
     flat = ctx.memo.get(("flat3", x))  # x is a view of this [b, seq, heads * d] tensor
     if flat is not None and shape[:2] == (0, 0) and len(shape) == 3 and x.type.rank == 4:
@@ -141,23 +143,23 @@ def reshape(ctx, op, outs):
 
 
 @lowers("transpose")
-def transpose(ctx, op, outs):
+def _transpose(ctx, op, outs):
     ctx.node("Transpose", ins(ctx, op), outs, perm=list(op.attrs["perm"]))
 
 
 @lowers("concat")
-def concat(ctx, op, outs):
+def _concat(ctx, op, outs):
     ctx.node("Concat", ins(ctx, op), outs, axis=op.attrs["axis"])
 
 
 @lowers("split")
-def split(ctx, op, outs):
+def _split(ctx, op, outs):
     ctx.node("Split", [ctx.tensor(op.inputs[0]), ctx.ints(*op.attrs["sizes"])], outs,
              axis=op.attrs["axis"])
 
 
 @lowers("slice")
-def slice_(ctx, op, outs):
+def _slice_(ctx, op, outs):
     a = op.attrs
     args = [ctx.tensor(op.inputs[0]), ctx.ints(*a["starts"]), ctx.ints(*a["ends"]),
             ctx.ints(*a["axes"])]
@@ -167,23 +169,23 @@ def slice_(ctx, op, outs):
 
 
 @lowers("gather")
-def gather(ctx, op, outs):
+def _gather(ctx, op, outs):
     ctx.node("Gather", ins(ctx, op), outs, axis=op.attrs["axis"])
 
 
 @lowers("embedding")
-def embedding(ctx, op, outs):
+def _embedding(ctx, op, outs):
     ids, table = op.inputs
     ctx.node("Gather", [ctx.tensor(table), ctx.tensor(ids)], outs, axis=0)
 
 
 @lowers("cast")
-def cast(ctx, op, outs):
+def _cast(ctx, op, outs):
     ctx.node("Cast", ins(ctx, op), outs, to=ONNX_DTYPES[op.attrs["dtype"]])
 
 
 @lowers("unsqueeze")
-def unsqueeze(ctx, op, outs):
+def _unsqueeze(ctx, op, outs):
     ctx.node("Unsqueeze", [ctx.tensor(op.inputs[0]), ctx.ints(*op.attrs["axes"])], outs)
 
 
@@ -197,14 +199,14 @@ def dim_of(ctx: Lowering, x: str, axis: int) -> str:
 
 
 @lowers("dim_size")
-def dim_size(ctx, op, outs):
+def _dim_size(ctx, op, outs):
     x = op.inputs[0]
     axis = op.attrs["axis"] % x.type.rank
     ctx.node("Squeeze", [dim_of(ctx, ctx.tensor(x), axis), ctx.ints(0)], outs)
 
 
 @lowers("seq_index")
-def seq_index(ctx, op, outs):
+def _seq_index(ctx, op, outs):
     x = op.inputs[0]
     axis = op.attrs["axis"] % x.type.rank
     n = ctx.one("Squeeze", [dim_of(ctx, ctx.tensor(x), axis), ctx.ints(0)])

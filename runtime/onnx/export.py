@@ -50,6 +50,7 @@ class ExternalData:
         return t
 
     def close(self) -> None:
+        """Close the data file."""
         self.file.close()
 
 

@@ -106,6 +106,7 @@ class Lowering:
         return self.memo[key]
 
     def scalar(self, val, dtype=np.float32) -> str:
+        """A shared 0-d constant."""
         key = ("scalar", float(val), np.dtype(dtype).name)
         if key not in self.memo:
             self.memo[key] = self.const(np.asarray(val, dtype), "scalar")
@@ -166,6 +167,7 @@ def io_name(g: Graph, v: Value, index: int) -> str:
 
 
 def value_info(name: str, v: Value) -> onnx.ValueInfoProto:
+    """The ONNX type of IR value `v` (symbolic dims become dim_params)."""
     dims = [d if isinstance(d, int) else (None if d == "?" else d) for d in v.type.shape]
     return helper.make_tensor_value_info(name, ONNX_DTYPES[v.type.dtype], dims)
 

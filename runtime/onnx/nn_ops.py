@@ -26,13 +26,13 @@ def _static_dims(op, v, *axes) -> list[int]:
 
 
 @lowers("rms_norm")
-def rms_norm(ctx, op, outs):
+def _rms_norm(ctx, op, outs):
     x, w = (ctx.tensor(v) for v in op.inputs)
     ctx.node("RMSNormalization", [x, w], outs, axis=-1, epsilon=op.attrs["epsilon"])
 
 
 @lowers("add_rms_norm")
-def add_rms_norm(ctx, op, outs):
+def _add_rms_norm(ctx, op, outs):
     x, r, w = (ctx.tensor(v) for v in op.inputs)
     eps = op.attrs["epsilon"]
     if op.inputs[0].type.rank in (2, 3) and op.inputs[0].type == op.inputs[1].type:
@@ -44,7 +44,7 @@ def add_rms_norm(ctx, op, outs):
 
 
 @lowers("lm_head")
-def lm_head(ctx, op, outs):
+def _lm_head(ctx, op, outs):
     x, norm_w, w = op.inputs
     n = ctx.one("RMSNormalization", [ctx.tensor(x), ctx.tensor(norm_w)], axis=-1,
                 epsilon=op.attrs["epsilon"])
@@ -62,7 +62,7 @@ def rope_caches(ctx: Lowering, head_dim: int, theta: float, factor: float) -> tu
 
 
 @lowers("rope")
-def rope(ctx, op, outs):
+def _rope(ctx, op, outs):
     x, pos = op.inputs
     heads, d = _static_dims(op, x, 2, 3)
     cos, sin = rope_caches(ctx, d, op.attrs["theta"], op.attrs["scaling_factor"])
@@ -78,7 +78,7 @@ def rope(ctx, op, outs):
 
 
 @lowers("alibi_bias")
-def alibi_bias(ctx, op, outs):
+def _alibi_bias(ctx, op, outs):
     pos = op.inputs[0]
     r = pos.type.rank
     slopes = alibi_slopes(op.attrs["num_heads"]).reshape(-1, 1, 1)
@@ -164,7 +164,7 @@ def flat3(ctx: Lowering, v: Value) -> str:
 
 
 @lowers("cached_attention")
-def cached_attention(ctx, op, outs):
+def _cached_attention(ctx, op, outs):
     q, k, v, past_k, past_v, lens = op.inputs[:6]
     hq, d = _static_dims(op, q, 2, 3)
     (hk,) = _static_dims(op, k, 2)
@@ -190,7 +190,7 @@ def cached_attention(ctx, op, outs):
 
 
 @lowers("attention")
-def attention(ctx, op, outs):
+def _attention(ctx, op, outs):
     """Causal self-attention over the whole sequence (the full form): GroupQueryAttention
     with no past, every row `seq` keys long."""
     q, k, v = op.inputs[:3]
