@@ -45,6 +45,10 @@ def test_onnxruntime_logits_equal_reference(arch, target):
     ids = np.array([[11], [12]])
     np.testing.assert_allclose(m.forward(c1, [0, 2], ids, lens), ref.forward(c2, [0, 2], ids, lens),
                                rtol=1e-4, atol=1e-4)
+    back = [3, 0]  # out of order: logits follow `rows`
+    ids, lens = np.array([[13], [14]]), np.array([len(PROMPTS[3]), len(PROMPTS[0]) + 1])
+    np.testing.assert_allclose(m.forward(c1, back, ids, lens), ref.forward(c2, back, ids, lens),
+                               rtol=1e-4, atol=1e-4)
     chunk = np.array([[21, 22, 23]])  # several tokens on a non-empty cache (a reused prefix)
     np.testing.assert_allclose(m.forward(c1, [1], chunk, np.array([2])),
                                ref.forward(c2, [1], chunk, np.array([2])), rtol=1e-4, atol=1e-4)

@@ -127,14 +127,17 @@ class OrtCausalLM:
                             f"{cache.max_len}-position cache")
         lo, hi = min(rows), max(rows) + 1
         span_ids, span_past = ids, past
-        if rows != list(range(lo, hi)):
+        contiguous = rows == list(range(lo, hi))
+        if len(set(rows)) != len(rows):
+            raise LlmcError(f"forward: rows {rows} repeat a row")
+        if not contiguous:
             span_past = np.minimum(cache.lengths[lo:hi], cache.max_len - seq)
             span_ids = np.zeros((hi - lo, seq), np.int64)
             idx = np.asarray(rows) - lo
             span_ids[idx], span_past[idx] = ids, past
         logits = self._run(cache, lo, hi, np.ascontiguousarray(span_ids), span_past)
         cache.lengths[rows] = past + seq
-        return logits if hi - lo == len(rows) else logits[np.asarray(rows) - lo]
+        return logits if contiguous else logits[np.asarray(rows) - lo]
 
     def _run(self, cache: KVCache, lo: int, hi: int, ids: np.ndarray,
              past: np.ndarray) -> np.ndarray:
