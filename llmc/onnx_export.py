@@ -4,11 +4,13 @@ ONNX Runtime model the generation engine drives (runtime/onnx/session.py)."""
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
 
 from llmc.compiler.errors import LlmcError
 
 FORMATS = ("onnx",)
+PER_OP_TARGETS = ("cpu", "cuda", "mlu370", "bi150")
 
 
 def _max_positions(config: dict) -> int:
@@ -31,25 +33,46 @@ def export_artifact(artifact: str | Path, out_dir: str | Path, fmt: str = "onnx"
 
 def ort_model_for_artifact(artifact: str | Path, provider: str = "cpu", threads: int = 2,
                            cache_dir: str | Path | None = None):
-    """An OrtCausalLM on a cache-form artifact. The ONNX export is kept in `cache_dir`
-    (default: `ARTIFACT/onnx`, reused while it is newer than the artifact's model.llmc;
-    a temporary directory when the artifact is read-only)."""
+    """An OrtCausalLM for a compiled artifact. A cache-form artifact is exported as it is;
+    a full-form artifact of a per-op target is recompiled in the cache form for the same
+    target from its source checkpoint (the form generation needs). The export is kept in
+    `cache_dir` (default `ARTIFACT/onnx`, reused while newer than the artifact; a temporary
+    directory when the artifact is read-only)."""
+    from llmc.compile import load_artifact
     from llmc.runtime.onnx.export import MODEL_FILE
     from llmc.runtime.onnx.session import OrtCausalLM
 
     art_dir = Path(artifact)
     out = Path(cache_dir) if cache_dir is not None else art_dir / "onnx"
     model = out / MODEL_FILE
-    fresh = model.exists() and model.stat().st_mtime >= (art_dir / "model.llmc").stat().st_mtime
-    if not fresh:
+    if not (model.exists() and model.stat().st_mtime >= (art_dir / "model.llmc").stat().st_mtime):
+        report = load_artifact(art_dir).report
+        if report.get("form") == "cache":
+            write = partial(export_artifact, art_dir)
+        elif report.get("form") == "full" and report.get("target") in PER_OP_TARGETS:
+            write = partial(_export_checkpoint, report["source"], report["target"])
+        else:
+            raise LlmcError(f"{art_dir}: a {report.get('form')}-form artifact for "
+                            f"{report.get('target')} does not run on onnxruntime; compile for "
+                            "the cpu target, or run it with --runtime reference")
         try:
-            export_artifact(art_dir, out)
+            model = write(out)
         except LlmcError as e:
             if "cannot create" not in str(e):
                 raise
-            tmp = tempfile.mkdtemp(prefix="llmc-onnx-")
-            model = export_artifact(art_dir, tmp)
+            model = write(tempfile.mkdtemp(prefix="llmc-onnx-"))
     return OrtCausalLM(model, provider=provider, threads=threads)
+
+
+def _export_checkpoint(source: str | Path, target: str, out_dir: str | Path) -> Path:
+    """Compile `source`'s cache form for `target` and export it to `out_dir`."""
+    from llmc.compile import compile_model
+    from llmc.frontends.loader import open_checkpoint
+    from llmc.runtime.onnx.export import export
+
+    c = compile_model(source, target, form="cache")
+    return export(c.graph, open_checkpoint(source).weights, out_dir, target=target,
+                  max_positions=_max_positions(c.report["config"]), check=False)
 
 
 def ort_model_for_checkpoint(source: str | Path, target: str = "cpu", provider: str = "cpu",

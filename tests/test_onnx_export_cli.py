@@ -8,6 +8,7 @@ import pytest
 from cache_tools import cache_graph, weights_for
 from clitools import run_cli
 
+from llmc.compiler.errors import LlmcError
 from llmc.frontends import fixtures
 from llmc.runtime.cache_lm import ReferenceCacheLM
 from llmc.runtime.onnx import lower_graph
@@ -58,6 +59,15 @@ def test_artifact_model_matches_the_reference(tmp_path, checkpoint):
     want = ref.forward(ref.new_cache(1, 8), [0], ids, np.array([0]))
     np.testing.assert_allclose(m.forward(m.new_cache(1, 8), [0], ids, np.array([0])), want,
                                rtol=1e-4, atol=1e-4)
+    full = compile_model(checkpoint, "mlu370")  # the target's default (full) form
+    assert full.form == "full"
+    write_artifact(full, tmp_path / "full")
+    m3 = ort_model_for_artifact(tmp_path / "full")
+    np.testing.assert_allclose(m3.forward(m3.new_cache(1, 8), [0], ids, np.array([0])), want,
+                               rtol=1e-4, atol=1e-4)
+    write_artifact(compile_model(checkpoint, "ascend910b"), tmp_path / "npu")
+    with pytest.raises(LlmcError, match="inference-form artifact for ascend910b does not run"):
+        ort_model_for_artifact(tmp_path / "npu")
     m2 = ort_model_for_checkpoint(checkpoint, workdir=tmp_path / "w")
     np.testing.assert_allclose(m2.forward(m2.new_cache(1, 8), [0], ids, np.array([0])), want,
                                rtol=1e-4, atol=1e-4)
