@@ -145,3 +145,30 @@ def test_full_form_model_is_refused(tmp_path):
     path = export(full, weights_for("llama", full), tmp_path, check=False)
     with pytest.raises(LlmcError, match="not a cache-form model"):
         OrtCausalLM(path)
+
+
+def test_grouped_heads_with_folded_rotary():
+    """GQA (4 query heads on 2 kv heads) with head_dim 16: rope runs inside
+    GroupQueryAttention on the packed projection; logits = reference."""
+    from llmc import api
+    from llmc.compile import build_graph, model_facts
+    from llmc.compiler.passmanager import PassContext
+    from llmc.frontends.config import parse_config
+    from llmc.frontends.fixtures import tiny_config
+    from llmc.frontends.naming import naming_for
+    from llmc.passes.pipelines import pipeline_for
+    from llmc.runtime.reference import random_weights
+
+    cfg = parse_config({**tiny_config("llama_gqa"), "hidden_size": 64, "num_attention_heads": 4,
+                        "num_key_value_heads": 2, "rope_theta": 500000.0})
+    g = build_graph(cfg, naming_for(cfg.source_format), "cache")
+    api.run_pipeline(g, pipeline_for("cpu"), ctx=PassContext(model=model_facts(cfg, "cache")))
+    w = random_weights(g, scale=0.2)
+    m = OrtCausalLM.from_graph(g, w, max_positions=64)
+    types = [n.op_type for n in onnx.load(str(m.path)).graph.node]
+    assert "RotaryEmbedding" not in types
+    got_toks, got = greedy(m, PROMPTS, 8)
+    want_toks, want = greedy(ReferenceCacheLM(g, w), PROMPTS, 8)
+    assert got_toks == want_toks
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
