@@ -32,7 +32,7 @@ ARTIFACT_FILES = ("model.llmc", "pass_log.txt", "report.json", "weights.json")
 
 REPORT_SCHEMA = {
     "target": S.Field(S.is_str),
-    "form": S.Field(S.one_of("full", "inference")),
+    "form": S.Field(S.one_of("full", "inference", "cache")),
     "config": S.Field(S.is_object),
 }
 CONFIG_SCHEMA = {  # the fields of report.json's config that generation reads

@@ -23,7 +23,7 @@ try:  # typer vendors click since 0.2x; older releases use click itself
 except ImportError:
     from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-from . import cli_model
+from . import cli_model, cli_runtime
 from .options import Emit, Force, JsonOut, Target, echo_json, with_instruments
 
 app = typer.Typer(
@@ -182,6 +182,7 @@ def passes(
 
 
 cli_model.register(app)
+cli_runtime.register(app)
 
 
 def _usage_error_line(e) -> str:

@@ -36,12 +36,16 @@ Progress = Callable[[int, int], None]  # (tensors checked, tensors in all)
 
 
 def build_graph(cfg, naming, form: str, last_token_only: bool = True) -> Graph:
-    """The graph of `form` ('full' or 'inference'). A full-form graph built for generation
+    """The graph of `form` ('full', 'inference' or 'cache'). A full-form graph built for generation
     (`last_token_only`) returns the last token's logits, like the inference form."""
     if form == "inference":
         return build_inference(cfg, naming)
+    if form == "cache":
+        from llmc.frontends.cache_form import build_cache
+
+        return build_cache(cfg, naming)
     if form != "full":
-        raise LlmcError(f"--form must be 'full' or 'inference', got '{form}'")
+        raise LlmcError(f"--form must be 'full' or 'inference' or 'cache', got '{form}'")
     g = build_full(cfg, naming)
     if last_token_only:
         sl = make_op(g, "slice", [g.outputs[0]],

@@ -23,7 +23,7 @@ ARCHES = ("llama", "llama_gqa", "llama_rope_scaling", "baichuan2_7b", "baichuan2
           "chinese_llama2")  # frontends/fixtures.py ARCHES
 FORMATS = ("hf", "hf-numpy", "hf-sharded", "paddle", "paddle-tp2", "paddle-fused",
            "paddleformers")  # frontends/fixtures.py FORMATS
-FORMS = ("full", "inference")
+FORMS = ("full", "inference", "cache")
 EMITS = ("ir", "dot")
 
 # typer turns a Literal into a choice: listed by --help, known to shell completion

@@ -18,6 +18,7 @@ import math
 from llmc.compiler.ir import Op, Value
 from llmc.compiler.rewrite import P, rule, rule_pass
 
+from .fuse_cached_attention import cached_attention
 from .fuse_common import const_scalar, const_size1, known_equal, known_shape, per_layer
 
 BSHD = {"perm": (0, 2, 1, 3)}
@@ -159,5 +160,7 @@ def attention(rw, q, kr, vr, scale, scaled, mask, masked, sm):
     return rw.op("attention", q, k, v, bias, causal=True, scale=scale_of(scale))
 
 
-rule_pass("fuse_attention", "Decomposed causal SDPA/GQA (optionally with an ALiBi bias) → attention.",
-          [attention], expected=per_layer("softmax"))
+rule_pass("fuse_attention",
+          "Decomposed causal SDPA/GQA (optionally with an ALiBi bias) → attention; over the "
+          "cache form's KV buffers → cached_attention.",
+          [attention, cached_attention], expected=per_layer("softmax"))

@@ -3,6 +3,7 @@
 from . import arith, nn, tensor  # noqa: F401  (declares the core ops)
 from . import inference  # noqa: F401  (Paddle inference ops)
 from . import fused  # noqa: F401  (fused ops the target pipelines produce)
+from . import cache  # noqa: F401  (KV-cache ops of the cache form)
 from .registry import REGISTRY, AttrSpec, OpDef, OpError, defop, get_op
 
 __all__ = ["REGISTRY", "AttrSpec", "OpDef", "OpError", "defop", "get_op"]
