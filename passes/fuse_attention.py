@@ -19,38 +19,17 @@ from llmc.compiler.ir import Op, Value
 from llmc.compiler.rewrite import P, rule, rule_pass
 
 from .fuse_cached_attention import cached_attention
-from .fuse_common import const_scalar, const_size1, known_equal, known_shape, per_layer
-
-BSHD = {"perm": (0, 2, 1, 3)}
-ATTN = P(
-    "transpose",
-    P(
-        "matmul",
-        P(
-            "softmax",
-            P(
-                "add",
-                P(
-                    "mul",
-                    P(
-                        "matmul",
-                        P("transpose", P.var("q"), attrs=BSHD),
-                        P.var("kr"),
-                        attrs={"transpose_a": False, "transpose_b": True},
-                    ),
-                    P("constant", name="scale"),
-                    name="scaled",
-                ),
-                P.var("mask"),
-                name="masked",
-            ),
-            name="sm",
-        ),
-        P.var("vr"),
-        attrs={"transpose_a": False, "transpose_b": False},
-    ),
-    attrs=BSHD,
+from .fuse_common import (
+    BSHD,
+    SDPA,
+    const_scalar,
+    const_size1,
+    known_equal,
+    known_shape,
+    per_layer,
 )
+
+ATTN = SDPA
 
 
 def unrepeat(v: Value, b, hq: int, n) -> Value | None:

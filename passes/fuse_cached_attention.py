@@ -19,34 +19,9 @@ import math
 from llmc.compiler.ir import Value
 from llmc.compiler.rewrite import P, rule
 
-from .fuse_common import const_scalar, const_size1, known_equal
+from .fuse_common import BSHD, SDPA, const_scalar, const_size1, known_equal
 
-BSHD = {"perm": (0, 2, 1, 3)}
-CACHED_ATTN = P(
-    "transpose",
-    P(
-        "matmul",
-        P(
-            "softmax",
-            P(
-                "add",
-                P(
-                    "mul",
-                    P("matmul", P("transpose", P.var("q"), attrs=BSHD), P.var("kr"),
-                      attrs={"transpose_a": False, "transpose_b": True}),
-                    P("constant", name="scale"),
-                    name="scaled",
-                ),
-                P.var("mask"),
-                name="masked",
-            ),
-            name="sm",
-        ),
-        P.var("vr"),
-        attrs={"transpose_a": False, "transpose_b": False},
-    ),
-    attrs=BSHD,
-)
+CACHED_ATTN = SDPA
 WRITE = P("kv_cache_update", P.var("past"), P("transpose", P.var("new"), attrs=BSHD),
           P.var("past_lens"), name="write")
 

@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 from llmc.compiler.ir import Graph, Op, Value
 from llmc.compiler.passmanager import PassContext
+from llmc.compiler.rewrite import P
 
 
 def num_layers(ctx: PassContext) -> int | None:
@@ -87,3 +88,22 @@ def weight_concat_axis(transpose_w: bool) -> int:
     """The axis along which sibling linear weights concatenate so that their outputs
     concatenate: the rows of a [out, in] weight (transpose_w), else the columns of [in, out]."""
     return 0 if transpose_w else 1
+
+
+BSHD = {"perm": (0, 2, 1, 3)}
+# HF-eager scaled dot-product attention, [b, s, h, d] in and out: transpose(softmax(q·kᵀ ×
+# scale + mask)·v). Both attention rules anchor on it; they differ in where k, v come from.
+SDPA = P(
+    "transpose",
+    P("matmul",
+      P("softmax",
+        P("add",
+          P("mul",
+            P("matmul", P("transpose", P.var("q"), attrs=BSHD), P.var("kr"),
+              attrs={"transpose_a": False, "transpose_b": True}),
+            P("constant", name="scale"), name="scaled"),
+          P.var("mask"), name="masked"),
+        name="sm"),
+      P.var("vr"), attrs={"transpose_a": False, "transpose_b": False}),
+    attrs=BSHD,
+)

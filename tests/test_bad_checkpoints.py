@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -12,16 +11,6 @@ from safetensors.numpy import load_file, save_file
 from llmc.frontends import fixtures as F
 from clitools import run_cli
 
-
-
-@pytest.fixture(scope="module")
-def good(tmp_path_factory):
-    return F.write_fixture(tmp_path_factory.mktemp("good") / "m", "llama", "hf-numpy")
-
-
-@pytest.fixture
-def model(good, tmp_path):
-    return shutil.copytree(good, tmp_path / "m")
 
 
 def edit_weights(model, fn) -> None:

@@ -4,7 +4,6 @@ fields that must be bounded or typed: errors name the file and the field, exit c
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,6 @@ from llmc.frontends.config import ConfigError, parse_config
 from llmc.frontends.loader import open_checkpoint
 
 PATH = Path("m/config.json")
-
-
-@pytest.fixture(scope="module")
-def good(tmp_path_factory):
-    return F.write_fixture(tmp_path_factory.mktemp("good") / "m", "llama", "hf-numpy")
-
-
-@pytest.fixture
-def model(good, tmp_path):
-    return shutil.copytree(good, tmp_path / "m")
 
 
 def edit_config(model, **changes) -> None:

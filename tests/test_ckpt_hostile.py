@@ -20,16 +20,6 @@ from llmc.frontends.loader import open_checkpoint
 from llmc.frontends.weights import WeightStore
 
 
-@pytest.fixture(scope="module")
-def good(tmp_path_factory):
-    return F.write_fixture(tmp_path_factory.mktemp("good") / "m", "llama", "hf-numpy")
-
-
-@pytest.fixture
-def model(good, tmp_path):
-    return shutil.copytree(good, tmp_path / "m")
-
-
 def fails(monkeypatch, capsys, *args) -> str:
     code, out, err = run_cli(monkeypatch, capsys, *args)
     assert code == 2, (out, err)
