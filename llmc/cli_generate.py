@@ -80,6 +80,33 @@ def _tokenizer(art):
     return load_tokenizer(art.manifest["model_dir"])
 
 
+def open_model(artifact: str | Path, runtime: str | None = None, provider: str = "cpu",
+               threads: int = 0):
+    """(model, artifact, runtime name) for `artifact` on `runtime` (None: the default for
+    its form). `provider` and `threads` apply to onnxruntime (threads 0: ORT decides)."""
+    from llmc.artifact import load_artifact
+    from llmc.runtimes import PROVIDERS, RUNTIMES, default_runtime, reference_model
+
+    if runtime is not None and runtime not in RUNTIMES:
+        raise LlmcError(f"--runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
+    if provider not in PROVIDERS:
+        raise LlmcError(f"--provider must be one of {', '.join(PROVIDERS)}, got '{provider}'")
+    if threads < 0:
+        raise LlmcError(f"--threads must be >= 0 (0: onnxruntime decides), got {threads}")
+    art = load_artifact(artifact)
+    runtime = runtime or default_runtime(art.report.get("form", ""))
+    if runtime == "reference":
+        if provider != "cpu":
+            raise LlmcError(f"--provider {provider} applies to --runtime onnxruntime; the "
+                            "reference interpreter runs on the CPU")
+        return reference_model(art), art, runtime
+    from llmc.onnx_export import ort_model_for_artifact
+    from llmc.runtime.onnx.session import provider_list
+
+    provider_list(provider)  # no CUDA provider: say so before exporting anything
+    return ort_model_for_artifact(artifact, provider=provider, threads=threads), art, runtime
+
+
 def _timings_doc(t) -> dict:
     return {"prefill_tokens": t.prefill_tokens, "prefill_s": round(t.prefill_s, 6),
             "prefill_tok_s": round(t.prefill_tok_s, 3), "decode_tokens": t.decode_tokens,
@@ -130,7 +157,7 @@ def generate(
 
     from llmc.compile import check_prompt
     from llmc.runtime.engine import Engine, format_timings
-    from llmc.runtimes import eos_of, open_model
+    from llmc.runtimes import eos_of
 
     if sum(x is not None for x in (prompt, ids, batch_file)) != 1:
         raise LlmcError("generate: give --prompt TEXT, --ids 1,2,3 or --batch-file FILE "
@@ -179,7 +206,7 @@ def chat(
     /exit leaves; Ctrl-C stops the current answer."""
     from llmc.chat import DEFAULT_CONTEXT
     from llmc.chat import chat as run_chat
-    from llmc.runtimes import eos_of, open_model
+    from llmc.runtimes import eos_of
 
     values = dict(temperature=temperature, top_k=top_k, top_p=top_p,
                   repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()))

@@ -20,7 +20,7 @@ def _max_positions(config: dict) -> int:
 
 def export_artifact(artifact: str | Path, out_dir: str | Path, fmt: str = "onnx") -> Path:
     """Write `out_dir/model.onnx` (+ external data) for a compiled artifact; returns its path."""
-    from llmc.compile import load_artifact
+    from llmc.artifact import load_artifact
     from llmc.runtime.onnx.export import export
 
     if fmt not in FORMATS:
@@ -37,7 +37,7 @@ def ort_model_for_artifact(artifact: str | Path, provider: str = "cpu", threads:
     """An OrtCausalLM for a cache-form artifact (any other form is a clear error). The
     export is kept in `cache_dir` (default `ARTIFACT/onnx`, reused while newer than the
     artifact), written atomically; a temporary directory when the artifact is read-only."""
-    from llmc.compile import load_artifact
+    from llmc.artifact import load_artifact
     from llmc.runtime.onnx.export import MODEL_FILE
     from llmc.runtime.onnx.session import OrtCausalLM
 

@@ -7,16 +7,13 @@
   inference form → `PagedLM` (the paged block-attention cache).
 
 onnxruntime is the default wherever the artifact lowers (the cache form); the reference
-interpreter otherwise.
+interpreter otherwise (`llmc generate` and `llmc chat` choose with `--runtime`,
+llmc/cli_generate.py).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from llmc.compiler.errors import LlmcError
-
-from .artifact import Artifact, load_artifact
+from .artifact import Artifact
 
 RUNTIMES = ("onnxruntime", "reference")
 PROVIDERS = ("cpu", "cuda")
@@ -46,30 +43,6 @@ def reference_model(art: Artifact, weights=None):
     if form == "inference":
         return PagedLM(art.graph, w)
     return RecomputeLM.from_graph(art.graph, w, limit)
-
-
-def open_model(artifact: str | Path, runtime: str | None = None, provider: str = "cpu",
-               threads: int = 0):
-    """(model, artifact, runtime name) for `artifact` on `runtime` (None: the default for
-    its form). `provider` and `threads` apply to onnxruntime (threads 0: ORT decides)."""
-    if runtime is not None and runtime not in RUNTIMES:
-        raise LlmcError(f"--runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
-    if provider not in PROVIDERS:
-        raise LlmcError(f"--provider must be one of {', '.join(PROVIDERS)}, got '{provider}'")
-    if threads < 0:
-        raise LlmcError(f"--threads must be >= 0 (0: onnxruntime decides), got {threads}")
-    art = load_artifact(artifact)
-    runtime = runtime or default_runtime(art.report.get("form", ""))
-    if runtime == "reference":
-        if provider != "cpu":
-            raise LlmcError(f"--provider {provider} applies to --runtime onnxruntime; the "
-                            "reference interpreter runs on the CPU")
-        return reference_model(art), art, runtime
-    from llmc.onnx_export import ort_model_for_artifact
-    from llmc.runtime.onnx.session import provider_list
-
-    provider_list(provider)  # no CUDA provider: say so before exporting anything
-    return ort_model_for_artifact(artifact, provider=provider, threads=threads), art, runtime
 
 
 def eos_of(config: dict) -> int | tuple[int, ...] | None:
