@@ -12,6 +12,7 @@ from llmc.compiler.errors import LlmcError
 
 FORMATS = ("onnx",)
 TMP_PREFIX = ".onnx-tmp-"
+_PROCESS_EXPORTS: list[tempfile.TemporaryDirectory] = []
 
 
 def _max_positions(config: dict) -> int:
@@ -65,8 +66,10 @@ def _export_cached(art_dir: Path, out: Path) -> Path:
     _sweep_leftovers(out.parent)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=out.parent))
-    except OSError:  # a read-only artifact: export for this run only
-        return export_artifact(art_dir, tempfile.mkdtemp(prefix="llmc-onnx-"))
+    except OSError:  # a read-only artifact: export for this process only
+        tmp_dir = tempfile.TemporaryDirectory(prefix="llmc-onnx-")
+        _PROCESS_EXPORTS.append(tmp_dir)  # removed when the interpreter exits
+        return export_artifact(art_dir, tmp_dir.name)
     try:
         export_artifact(art_dir, tmp)
         if out.exists():

@@ -138,14 +138,15 @@ def test_a_read_only_artifact_exports_to_a_temporary_directory(tmp_path, cache_a
     art = _copy(cache_artifact, tmp_path)
     real = tempfile.mkdtemp
 
-    def mkdtemp(*a, dir=None, **kw):
+    def mkdtemp(suffix=None, prefix=None, dir=None):
         if dir is not None and Path(dir) == art:
             raise PermissionError(13, "Permission denied")
-        return real(*a, dir=dir, **kw)
+        return real(suffix, prefix, dir)
 
     monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
     m = ox.ort_model_for_artifact(art)
     assert not (art / "onnx").exists() and m.path.parent.parent == Path(tempfile.gettempdir())
+    assert str(m.path.parent) in [t.name for t in ox._PROCESS_EXPORTS]  # removed at exit
     ids = np.array([[3, 9, 27]])
     assert m.forward(m.new_cache(1, 4), [0], ids, np.array([0])).shape == (1, 256)
 
