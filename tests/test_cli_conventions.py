@@ -39,6 +39,16 @@ def test_choice_lists_match_the_registries():
     assert options.FORMATS == tuple(fixtures.FORMATS)
 
 
+def test_runtime_and_provider_choices_match_the_runtimes():
+    from typing import get_args
+
+    from llmc import cli_generate, runtimes
+    from llmc.runtime.onnx.session import PROVIDERS
+
+    assert get_args(cli_generate.Runtime) == runtimes.RUNTIMES
+    assert get_args(cli_generate.Provider) == runtimes.PROVIDERS == tuple(PROVIDERS)
+
+
 def test_each_short_flag_has_one_meaning():
     meaning: dict[str, set[str]] = {}
     for cmd in commands().values():
