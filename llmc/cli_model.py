@@ -1,4 +1,4 @@
-"""The checkpoint commands of `llmc`: inspect, import, compile, generate, fixture, demo.
+"""The checkpoint commands of `llmc`: inspect, import, compile, fixture, demo.
 
 `import`, `inspect` and `compile` read their model the same way: a MODEL_DIR argument
 (config.json + weights) or `--config FILE` for a config-only graph, never both.
@@ -6,13 +6,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from llmc.compiler.errors import LlmcError
 
 from .options import (
     AllowPickle,
@@ -30,7 +28,7 @@ from .options import (
     with_instruments,
 )
 
-FormOpt = typer.Option("full", "--form", help="Graph form: 'full' (training / parity) or 'inference' (KV cache).")
+FormOpt = typer.Option("full", "--form", help="Graph form: 'full' (training / parity), 'inference' (paged KV cache) or 'cache' (past/present KV caches).")
 
 
 def _err(msg: str) -> None:
@@ -132,54 +130,6 @@ def compile_(
                    f"{c.report['pipeline_ms']:.1f} ms)")
 
 
-def _parse_ids(ids: str) -> list[int]:
-    if any(not t.strip() for t in ids.split(",")):
-        raise LlmcError(f"generate: --ids has an empty item: '{ids}'")
-    try:
-        return [int(t) for t in ids.split(",")]
-    except ValueError:
-        raise LlmcError(f"generate: --ids must be comma-separated integers, got '{ids}'") from None
-
-
-def generate(
-    artifact: Path = typer.Argument(..., help="A directory written by `llmc compile -o`."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt text (needs the checkpoint's tokenizer)."),
-    ids: Optional[str] = typer.Option(None, "--ids", help="Prompt token ids, comma-separated."),
-    max_new_tokens: int = typer.Option(16, "--max-new-tokens", "-n", help="Tokens to generate."),
-    json_out: bool = JsonOut,
-):
-    """Greedy generation from a compiled artifact of any target on the reference interpreter.
-
-    The new text (or ids) goes to stdout; the speed in tokens/s to stderr at the end."""
-    from llmc.artifact import load_artifact
-    from llmc.compile import generate as gen
-
-    if (prompt is None) == (ids is None):
-        raise LlmcError("generate: give --prompt TEXT or --ids 1,2,3 (exactly one)")
-    if max_new_tokens < 1:
-        raise LlmcError(f"generate: --max-new-tokens must be positive, got {max_new_tokens}")
-    art = load_artifact(artifact)
-    tok = None
-    if prompt is not None:
-        from llmc.frontends.tokenizer import load_tokenizer
-
-        tok = load_tokenizer(art.manifest["model_dir"])
-        prompt_ids = tok.encode(prompt)
-    else:
-        prompt_ids = _parse_ids(ids)
-    t0 = time.perf_counter()
-    new = gen(art, prompt_ids, max_new_tokens, art.report["config"].get("eos_token_id"))
-    seconds = time.perf_counter() - t0
-    rate = len(new) / seconds if seconds > 0 else float("inf")
-    text = tok.decode(new) if tok is not None else None
-    if json_out:
-        echo_json({"target": art.report["target"], "prompt_ids": prompt_ids, "new_ids": new,
-                   "text": text, "seconds": round(seconds, 6), "tokens_per_s": round(rate, 3)})
-        return
-    typer.echo(text if text is not None else ",".join(map(str, new)))
-    _err(f"generated {len(new)} token(s) in {seconds:.2f} s ({rate:.1f} tokens/s)")
-
-
 def fixture(
     out_dir: Path = typer.Argument(..., help="Directory to write the checkpoint into."),
     arch: Arch = typer.Option("llama", "--arch", help="Architecture of the tiny model."),
@@ -217,6 +167,5 @@ def register(app: typer.Typer) -> None:
     app.command("import")(import_)
     app.command()(inspect)
     app.command("compile")(compile_)
-    app.command()(generate)
     app.command()(fixture)
     app.command()(demo)

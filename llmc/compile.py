@@ -22,7 +22,7 @@ from llmc.compiler.verifier import verify
 from llmc.frontends.llama import build_full, build_inference
 from llmc.frontends.loader import Checkpoint, open_checkpoint
 from llmc.passes.pipelines import get_target
-from llmc.runtime.generate import Generator, check_length, eos_ids, full_logits
+from llmc.runtime.generate import check_length, eos_ids
 
 from .artifact import Artifact, Compiled, check_output, load_artifact, write_artifact
 from .pipeline import run_pipeline
@@ -183,18 +183,14 @@ def generate(
     eos_token_id: int | list[int] | tuple[int, ...] | None = None,
     weights=None,
 ) -> list[int]:
-    """Greedy new tokens for one prompt, on the reference interpreter (any target's artifact);
-    generation stops after any of the eos ids (an int or a sequence of ints)."""
-    stop = eos_ids(eos_token_id)
+    """Greedy new tokens for one prompt through the generation engine on the reference
+    interpreter (any form: llmc/runtimes.py); generation stops after any of the eos ids
+    (an int or a sequence of ints)."""
+    from llmc.runtime.engine import Engine, GenerationParams
+
+    from .runtimes import reference_model
+
+    stop = tuple(sorted(eos_ids(eos_token_id)))
     check_prompt(art.report.get("config", {}), prompt_ids, max_new_tokens)
-    w = weights if weights is not None else art.weights()
-    if art.report.get("form") == "inference":
-        return Generator(art.graph, w).generate([prompt_ids], max_new_tokens, stop)[0]
-    ids, out = list(prompt_ids), []
-    for _ in range(max_new_tokens):
-        tok = int(np.argmax(full_logits(art.graph, w, [ids])[0, -1]))
-        out.append(tok)
-        ids.append(tok)
-        if tok in stop:
-            break
-    return out
+    params = GenerationParams(max_new_tokens=max_new_tokens, eos_token_id=stop)
+    return Engine(reference_model(art, weights)).generate([prompt_ids], params).tokens[0]

@@ -13,10 +13,15 @@ from llmc.compiler.ir import Graph
 from llmc.frontends.fixtures import write_numpy_hf_checkpoint
 from llmc.frontends.loader import open_checkpoint
 from llmc.frontends.tokenizer import load_tokenizer
+from llmc.runtime.cache_lm import ReferenceCacheLM
 from llmc.runtime.generate import Generator, full_logits
 
 from .artifact import Artifact, load_artifact, write_artifact
 from .compile import build_graph, compile_model, generate
+from .runtimes import default_runtime
+
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime, CPU provider",
+                 "reference": "the reference interpreter"}
 
 GENERIC_PIPELINE = "canonicalize,cse,dce"
 
@@ -64,7 +69,8 @@ def main(workdir: str = "demo-out", target: str = "ascend910b", arch: str = "lla
          log: Callable[[str], None] = print) -> dict:
     """The README's first command: write a tiny random checkpoint, compile it for `target`
     with the pass log on screen, check the compiled graph against the uncompiled one on the
-    reference interpreter, and generate from the compiled artifact."""
+    reference interpreter, and generate from the compiled artifact: on ONNX Runtime for a
+    cache-form artifact (the per-op targets), else on the reference interpreter."""
     say = (lambda s: None) if json_out else log
     work = Path(workdir)
     ckpt_dir = write_numpy_hf_checkpoint(work / f"tiny-{arch}", arch)
@@ -83,21 +89,35 @@ def main(workdir: str = "demo-out", target: str = "ascend910b", arch: str = "lla
     err = _prefill_error(reference, art.graph, ckpt.weights, ids, compiled.form)
     say(f"==> golden check: compiled vs uncompiled logits on the reference interpreter, "
         f"max relative error {err:.2e}")
-    new = generate(art, ids, max_new_tokens, ckpt.config.eos_token_id, weights=ckpt.weights)
+    runtime = default_runtime(compiled.form)
+    new = _generate(art, runtime, ids, max_new_tokens, ckpt)
     want = generate(_as_artifact(art, reference), ids, max_new_tokens, ckpt.config.eos_token_id,
                     weights=ckpt.weights)
     text = tok.decode(new)
-    say(f"==> llmc generate {art_dir} --prompt {prompt!r}")
+    say(f"==> llmc generate {art_dir} --prompt {prompt!r}   (runtime: {RUNTIME_NAMES[runtime]})")
     say(f"    prompt ids {ids}")
-    say(f"    new ids    {new}  (uncompiled graph: {'identical' if new == want else want})")
+    say(f"    new ids    {new}  (uncompiled graph on the reference interpreter: "
+        f"{'identical' if new == want else want})")
     say(f"    text       {text!r}  (random weights: the text is noise, the ids are the check)")
     summary = {"checkpoint": str(ckpt_dir), "artifact": str(art_dir), "target": target,
                "ops_in": compiled.report["ops_in"], "ops_out": compiled.report["ops_out"],
                "passes": compiled.report["passes"], "max_rel_err_vs_uncompiled": err,
-               "prompt_ids": ids, "new_ids": new, "uncompiled_new_ids": want, "text": text}
+               "runtime": runtime, "prompt_ids": ids, "new_ids": new, "uncompiled_new_ids": want, "text": text}
     if json_out:
         log(json.dumps(summary, indent=2, ensure_ascii=False))
     return summary
+
+
+def _generate(art: Artifact, runtime: str, ids: list[int], n: int, ckpt) -> list[int]:
+    """Greedy new tokens on `runtime` (ONNX Runtime's export goes into the artifact)."""
+    if runtime == "reference":
+        return generate(art, ids, n, ckpt.config.eos_token_id, weights=ckpt.weights)
+    from llmc.runtime.engine import Engine, GenerationParams
+
+    from .onnx_export import ort_model_for_artifact
+
+    params = GenerationParams(max_new_tokens=n, eos_token_id=ckpt.config.eos_token_id)
+    return Engine(ort_model_for_artifact(art.path)).generate([ids], params).tokens[0]
 
 
 def _as_artifact(art: Artifact, graph: Graph) -> Artifact:
@@ -108,6 +128,10 @@ def _prefill_error(reference: Graph, compiled: Graph, weights, ids: list[int], f
     """Max |compiled - reference| / max |reference| over the first step's logits."""
     if form == "inference":
         outs = [Generator(g, weights).prefill([ids], 1)[1] for g in (reference, compiled)]
+    elif form == "cache":
+        lms = [ReferenceCacheLM(g, weights) for g in (reference, compiled)]
+        outs = [lm.forward(lm.new_cache(1, len(ids)), [0], np.asarray([ids]), np.zeros(1, np.int64))
+                for lm in lms]
     else:
         outs = [full_logits(g, weights, [ids]) for g in (reference, compiled)]
     want, got = (np.asarray(o, np.float64) for o in outs)

@@ -3,14 +3,16 @@ ONNX Runtime model the generation engine drives (runtime/onnx/session.py)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
-from functools import partial
 from pathlib import Path
 
 from llmc.compiler.errors import LlmcError
 
 FORMATS = ("onnx",)
-PER_OP_TARGETS = ("cpu", "cuda", "mlu370", "bi150")
+TMP_PREFIX = ".onnx-tmp-"
+_PROCESS_EXPORTS: list[tempfile.TemporaryDirectory] = []
 
 
 def _max_positions(config: dict) -> int:
@@ -19,7 +21,7 @@ def _max_positions(config: dict) -> int:
 
 def export_artifact(artifact: str | Path, out_dir: str | Path, fmt: str = "onnx") -> Path:
     """Write `out_dir/model.onnx` (+ external data) for a compiled artifact; returns its path."""
-    from llmc.compile import load_artifact
+    from llmc.artifact import load_artifact
     from llmc.runtime.onnx.export import export
 
     if fmt not in FORMATS:
@@ -33,12 +35,10 @@ def export_artifact(artifact: str | Path, out_dir: str | Path, fmt: str = "onnx"
 
 def ort_model_for_artifact(artifact: str | Path, provider: str = "cpu", threads: int = 2,
                            cache_dir: str | Path | None = None):
-    """An OrtCausalLM for a compiled artifact. A cache-form artifact is exported as it is;
-    a full-form artifact of a per-op target is recompiled in the cache form for the same
-    target from its source checkpoint (the form generation needs). The export is kept in
-    `cache_dir` (default `ARTIFACT/onnx`, reused while newer than the artifact; a temporary
-    directory when the artifact is read-only)."""
-    from llmc.compile import load_artifact
+    """An OrtCausalLM for a cache-form artifact (any other form is a clear error). The
+    export is kept in `cache_dir` (default `ARTIFACT/onnx`, reused while newer than the
+    artifact), written atomically; a temporary directory when the artifact is read-only."""
+    from llmc.artifact import load_artifact
     from llmc.runtime.onnx.export import MODEL_FILE
     from llmc.runtime.onnx.session import OrtCausalLM
 
@@ -47,32 +47,58 @@ def ort_model_for_artifact(artifact: str | Path, provider: str = "cpu", threads:
     model = out / MODEL_FILE
     if not (model.exists() and model.stat().st_mtime >= (art_dir / "model.llmc").stat().st_mtime):
         report = load_artifact(art_dir).report
-        if report.get("form") == "cache":
-            write = partial(export_artifact, art_dir)
-        elif report.get("form") == "full" and report.get("target") in PER_OP_TARGETS:
-            write = partial(_export_checkpoint, report["source"], report["target"])
-        else:
-            raise LlmcError(f"{art_dir}: a {report.get('form')}-form artifact for "
-                            f"{report.get('target')} does not run on onnxruntime; compile for "
-                            "the cpu target, or run it with --runtime reference")
-        try:
-            model = write(out)
-        except LlmcError as e:
-            if "cannot create" not in str(e):
-                raise
-            model = write(tempfile.mkdtemp(prefix="llmc-onnx-"))
+        if report.get("form") != "cache":
+            raise LlmcError(
+                f"{art_dir}: this {report.get('form')}-form artifact for {report.get('target')} "
+                "does not run on onnxruntime, which needs the cache form (the default of the "
+                "cpu, cuda, mlu370 and bi150 targets); compile with --form cache, or run it "
+                "with --runtime reference")
+        model = _export_cached(art_dir, out)
     return OrtCausalLM(model, provider=provider, threads=threads)
 
 
-def _export_checkpoint(source: str | Path, target: str, out_dir: str | Path) -> Path:
-    """Compile `source`'s cache form for `target` and export it to `out_dir`."""
-    from llmc.compile import compile_model
-    from llmc.frontends.loader import open_checkpoint
-    from llmc.runtime.onnx.export import export
+def _export_cached(art_dir: Path, out: Path) -> Path:
+    """Export into a fresh directory beside `out`, then rename it into place: a reader sees
+    the old export or the new one, never half of one, and nothing is left if this fails.
+    Directories left by a killed run are swept the next time."""
+    from llmc.runtime.onnx.export import MODEL_FILE
 
-    c = compile_model(source, target, form="cache")
-    return export(c.graph, open_checkpoint(source).weights, out_dir, target=target,
-                  max_positions=_max_positions(c.report["config"]), check=False)
+    _sweep_leftovers(out.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=out.parent))
+    except OSError:  # a read-only artifact: export for this process only
+        tmp_dir = tempfile.TemporaryDirectory(prefix="llmc-onnx-")
+        _PROCESS_EXPORTS.append(tmp_dir)  # removed when the interpreter exits
+        return export_artifact(art_dir, tmp_dir.name)
+    try:
+        export_artifact(art_dir, tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=out.parent))
+            os.replace(out, old / "old")
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / MODEL_FILE
+
+
+def _sweep_leftovers(parent: Path) -> None:
+    """Remove export directories whose process no longer runs (a killed export)."""
+    for p in parent.glob(TMP_PREFIX + "*"):
+        pid = p.name[len(TMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def ort_model_for_checkpoint(source: str | Path, target: str = "cpu", provider: str = "cpu",

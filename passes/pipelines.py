@@ -3,9 +3,11 @@
 - ascend910b compiles the inference form (PaddleNLP block attention) with the nine
   PaddleCustomDevice pass names in the vendor's order (backends/npu/passes/common.py),
   ending in the ATB whole-layer op `fused_blha_layer`.
-- mlu370 / bi150 / cuda / cpu have per-op fused kernels, no whole-layer op; their passes
-  match the decomposed HF-eager structure, so they compile the full form (a generation
-  artifact slices the last token's logits, which fuse_lm_head_slice moves before lm_head).
+- mlu370 / bi150 / cuda / cpu have per-op fused kernels, no whole-layer op; they compile
+  the cache form (HF-style past/present key/value caches and a cache position: one graph
+  for prefill and decode), where fuse_attention yields `cached_attention`. `--form full`
+  stays available (a full-form artifact slices the last token's logits, which
+  fuse_lm_head_slice moves before lm_head).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class Target:
 
     name: str
     doc: str
-    form: str  # "inference" | "full"
+    form: str  # "inference" | "cache" (| "full" by --form)
     passes: tuple[str, ...]
 
     @property
@@ -69,26 +71,26 @@ TARGETS: dict[str, Target] = {
         Target(
             "mlu370",
             "Cambricon MLU370: rms_norm, rope, flash-attention kernels",
-            "full",
+            "cache",
             PER_OP_NO_RESIDUAL + CLEANUP,
         ),
         Target(
             "bi150",
             "Iluvatar BI-V150: rms_norm, rope, flash-attention kernels",
-            "full",
+            "cache",
             PER_OP_NO_RESIDUAL + CLEANUP,
         ),
         Target(
             "cuda",
             "NVIDIA GPU: rms_norm(+residual), rope, GQA attention, swiglu, merged qkv / gate_up",
-            "full",
+            "cache",
             PER_OP_FULL + CLEANUP,
         ),
         Target(
             "cpu",
             "CPU (ONNX Runtime CPU kernels: SkipSimplifiedLayerNormalization, RotaryEmbedding, "
             "GroupQueryAttention / MultiHeadAttention; swiglu and merged matmuls are plain ops)",
-            "full",
+            "cache",
             PER_OP_FULL + CLEANUP,
         ),
     )

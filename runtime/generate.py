@@ -134,7 +134,15 @@ class Generator:
                 f"{blocks:,} blocks of {per_block:,} bytes); only {have:,} bytes of memory "
                 "are available")
 
-    def _step(self, s: "Session", ids: np.ndarray, this_time, enc, dec) -> np.ndarray:
+    def new_session(self, batch: int, max_tokens: int) -> "Session":
+        """Empty caches and block tables for `batch` sequences of up to `max_tokens` each."""
+        tables, caches = self._alloc(batch, max_tokens)
+        return Session(tables, caches, np.zeros(batch, np.int32), np.zeros(batch, bool))
+
+    def step(self, s: "Session", ids: np.ndarray, this_time, enc, dec) -> np.ndarray:
+        """One run of the graph: `ids` [batch, width]; per sequence the tokens fed this time,
+        the prompt length when it is prefilled (else 0) and the tokens already cached
+        (`seq_lens_*`). Threads the returned caches back; the logits [batch, vocab]."""
         feeds = {"input_ids": ids, "seq_lens_this_time": np.asarray(this_time, np.int32),
                  "seq_lens_encoder": np.asarray(enc, np.int32),
                  "seq_lens_decoder": np.asarray(dec, np.int32), "block_tables": s.tables,
@@ -161,13 +169,13 @@ class Generator:
         ids = np.zeros((batch, width), np.int64)
         for i, p in enumerate(prompt_ids):
             ids[i, : len(p)] = p
-        return s, self._step(s, ids, lens, lens, np.zeros(batch, np.int32))
+        return s, self.step(s, ids, lens, lens, np.zeros(batch, np.int32))
 
     def decode(self, s: "Session", tokens) -> np.ndarray:
         """Feed one token per live sequence (finished ones are skipped); next logits."""
         live = (~s.done).astype(np.int32)
         ids = np.asarray(tokens, np.int64).reshape(-1, 1)
-        logits = self._step(s, ids, live, np.zeros_like(live), s.lengths * live)
+        logits = self.step(s, ids, live, np.zeros_like(live), s.lengths * live)
         s.lengths += live
         return logits
 

@@ -39,6 +39,16 @@ def test_choice_lists_match_the_registries():
     assert options.FORMATS == tuple(fixtures.FORMATS)
 
 
+def test_runtime_and_provider_choices_match_the_runtimes():
+    from typing import get_args
+
+    from llmc import cli_generate, runtimes
+    from llmc.runtime.onnx.session import PROVIDERS
+
+    assert get_args(cli_generate.Runtime) == runtimes.RUNTIMES
+    assert get_args(cli_generate.Provider) == runtimes.PROVIDERS == tuple(PROVIDERS)
+
+
 def test_each_short_flag_has_one_meaning():
     meaning: dict[str, set[str]] = {}
     for cmd in commands().values():
@@ -95,8 +105,9 @@ def test_version_matches_the_package_metadata(monkeypatch, capsys):
 
 
 def test_every_command_has_json():
+    """Every command but the interactive chat (a conversation on a terminal)."""
     missing = [name for name in commands() if "--json" not in options_of(name)]
-    assert missing == []
+    assert missing == ["chat"]
 
 
 def test_instrument_options_are_the_same_on_opt_and_compile():
@@ -160,18 +171,21 @@ def test_compile_without_output_is_an_error(monkeypatch, capsys, ckpt, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_generate_reports_tokens_per_second(monkeypatch, capsys, ckpt, tmp_path):
+def test_generate_reports_its_timings(monkeypatch, capsys, ckpt, tmp_path):
     art = tmp_path / "art"
     assert run_cli(monkeypatch, capsys, "compile", ckpt, "-t", "ascend910b", "-o", art)[0] == 0
     code, out, err = run_cli(monkeypatch, capsys, "generate", art, "--ids", "1,2,3", "-n", "4")
     assert code == 0, err
     n = len(out.strip().split(","))
-    assert f"generated {n} token(s) in " in err and err.rstrip().endswith("tokens/s)")
+    assert err.startswith("reference: prefill 3 tok in ") and err.count("\n") == 1
+    assert f"decode {n - 1} tok in " in err and err.rstrip().endswith("tok/s)")
+    assert "first token " in err
     code, out, err = run_cli(monkeypatch, capsys, "generate", art, "--ids", "1,2,3", "-n", "4",
                              "--json")
-    doc = json.loads(out)
-    assert doc["tokens_per_s"] > 0
-    assert doc["tokens_per_s"] == pytest.approx(len(doc["new_ids"]) / doc["seconds"], rel=1e-3)
+    t = json.loads(out)["timings"]
+    assert t["prefill_tokens"] == 3 and t["decode_tokens"] == n - 1
+    assert t["decode_tok_s"] == pytest.approx(t["decode_tokens"] / t["decode_s"], rel=1e-2)
+    assert 0 < t["ttft_s"] <= t["prefill_s"] + 1e-6
 
 
 def _compile_stderr(ckpt, out: Path, tty: bool) -> str:

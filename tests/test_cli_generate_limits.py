@@ -107,7 +107,7 @@ def test_eos_may_be_a_list(monkeypatch, capsys, artifacts, tmp_path, target):
         code, out, err = run_cli(monkeypatch, capsys, "generate", art, "--ids", "1,17,42,9",
                                  "-n", "8", "--json")
         assert code == 0, err
-        return json.loads(out)["new_ids"]
+        return json.loads(out)["results"][0]["new_ids"]
 
     free = gen(_with_eos(artifacts[target], None, tmp_path))
     assert len(free) == 8

@@ -63,7 +63,7 @@ def test_artifact_and_generation_agree_across_targets(ckpt, tmp_path):
         assert "--- Running IR pass" in (out / "pass_log.txt").read_text()
         assert json.loads((out / "report.json").read_text())["target"] == target
         r = llmc("generate", out, "--ids", "1,2,3,4", "-n", "5", "--json")
-        outs[target] = json.loads(r.stdout)["new_ids"]
+        outs[target] = json.loads(r.stdout)["results"][0]["new_ids"]
     assert len({tuple(v) for v in outs.values()}) == 1 and 1 <= len(outs["cuda"]) <= 5
 
 
@@ -264,7 +264,7 @@ def test_prompt_length_is_checked_alike_on_every_target(artifacts):
         _no_traceback(r, "a 509-token prompt plus 4 new tokens needs 513 positions; "
                          "the model holds 512 (max_position_embeddings)")
         r = llmc("generate", artifacts / target, "--ids", fits, "-n", "4", "--json")
-        outs[target] = json.loads(r.stdout)["new_ids"]
+        outs[target] = json.loads(r.stdout)["results"][0]["new_ids"]
     assert outs["ascend910b"] == outs["cpu"]
 
 
@@ -298,7 +298,8 @@ def test_eos_stops_alike_on_compiled_and_uncompiled_graphs(ckpt):
         "cpu": compile_model(ckpt, "cpu").graph,
         "cuda": compile_model(ckpt, "cuda").graph,
     }
-    forms = {"inference": "inference", "ascend910b": "inference"}
+    forms = {"inference": "inference", "ascend910b": "inference", "cpu": "cache",
+             "cuda": "cache"}
 
     def gen(name, eos, prompt=(1, 17, 42, 9)):
         art = Artifact(None, graphs[name], dict(report, form=forms.get(name, "full")), {})

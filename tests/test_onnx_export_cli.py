@@ -1,6 +1,8 @@
 """`llmc export ARTIFACT --format onnx -o DIR`, the artifact → ONNX Runtime model path, and
 which ONNX Runtime kernels the cpu target's cache form lowers to."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -59,18 +61,94 @@ def test_artifact_model_matches_the_reference(tmp_path, checkpoint):
     want = ref.forward(ref.new_cache(1, 8), [0], ids, np.array([0]))
     np.testing.assert_allclose(m.forward(m.new_cache(1, 8), [0], ids, np.array([0])), want,
                                rtol=1e-4, atol=1e-4)
-    full = compile_model(checkpoint, "mlu370")  # the target's default (full) form
-    assert full.form == "full"
-    write_artifact(full, tmp_path / "full")
-    m3 = ort_model_for_artifact(tmp_path / "full")
-    np.testing.assert_allclose(m3.forward(m3.new_cache(1, 8), [0], ids, np.array([0])), want,
-                               rtol=1e-4, atol=1e-4)
+    write_artifact(compile_model(checkpoint, "mlu370", form="full"), tmp_path / "full")
+    with pytest.raises(LlmcError, match="full-form artifact for mlu370 does not run on "
+                                        "onnxruntime.*--form cache.*--runtime reference"):
+        ort_model_for_artifact(tmp_path / "full")
+    assert not (tmp_path / "full" / "onnx").exists()  # no recompiling behind the user's back
     write_artifact(compile_model(checkpoint, "ascend910b"), tmp_path / "npu")
     with pytest.raises(LlmcError, match="inference-form artifact for ascend910b does not run"):
         ort_model_for_artifact(tmp_path / "npu")
     m2 = ort_model_for_checkpoint(checkpoint, workdir=tmp_path / "w")
     np.testing.assert_allclose(m2.forward(m2.new_cache(1, 8), [0], ids, np.array([0])), want,
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def cache_artifact(tmp_path_factory, checkpoint):
+    from llmc.compile import compile_model, write_artifact
+
+    return write_artifact(compile_model(checkpoint, "cpu"), tmp_path_factory.mktemp("a") / "art")
+
+
+def _copy(art, tmp_path):
+    import shutil
+
+    return shutil.copytree(art, tmp_path / "art")
+
+
+def test_the_export_is_cached_atomically_in_the_artifact(tmp_path, cache_artifact, monkeypatch):
+    import os
+
+    import llmc.onnx_export as ox
+
+    art = _copy(cache_artifact, tmp_path)
+    dead = _dead_pid()
+    (art / f".onnx-tmp-{dead}-abc").mkdir()  # left by a killed run: swept
+    (art / f".onnx-tmp-{os.getpid()}-live").mkdir()  # a run still going: kept
+    ox.ort_model_for_artifact(art)
+    assert sorted(p.name for p in art.iterdir() if p.name.startswith(".onnx")) == [
+        f".onnx-tmp-{os.getpid()}-live"]
+    (art / f".onnx-tmp-{os.getpid()}-live").rmdir()
+    first = (art / "onnx" / "model.onnx").stat().st_mtime_ns
+    ox.ort_model_for_artifact(art)  # reused while newer than the artifact
+    assert (art / "onnx" / "model.onnx").stat().st_mtime_ns == first
+    os.utime(art / "model.llmc", ns=(first + 10**9, first + 10**9))
+
+    def killed(art_dir, out):
+        (Path(out) / "model.onnx.data").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ox, "export_artifact", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ox.ort_model_for_artifact(art)
+    assert sorted(p.name for p in art.iterdir()) == ["model.llmc", "onnx", "pass_log.txt",
+                                                     "report.json", "weights.json"]
+    assert (art / "onnx" / "model.onnx").stat().st_mtime_ns == first  # the old one, whole
+    monkeypatch.undo()
+    ox.ort_model_for_artifact(art)  # stale: exported again, replacing the old one
+    assert (art / "onnx" / "model.onnx").stat().st_mtime_ns > first
+    assert not [p for p in art.iterdir() if p.name.startswith(".onnx-tmp-")]
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_a_read_only_artifact_exports_to_a_temporary_directory(tmp_path, cache_artifact,
+                                                                 monkeypatch):
+    import tempfile
+
+    import llmc.onnx_export as ox
+
+    art = _copy(cache_artifact, tmp_path)
+    real = tempfile.mkdtemp
+
+    def mkdtemp(suffix=None, prefix=None, dir=None):
+        if dir is not None and Path(dir) == art:
+            raise PermissionError(13, "Permission denied")
+        return real(suffix, prefix, dir)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    m = ox.ort_model_for_artifact(art)
+    assert not (art / "onnx").exists() and m.path.parent.parent == Path(tempfile.gettempdir())
+    assert str(m.path.parent) in [t.name for t in ox._PROCESS_EXPORTS]  # removed at exit
+    ids = np.array([[3, 9, 27]])
+    assert m.forward(m.new_cache(1, 4), [0], ids, np.array([0])).shape == (1, 256)
 
 
 def node_types(arch):

@@ -4,8 +4,9 @@ The other parity fixtures use N(0,1) embeddings, where `sqrt(ms + eps)` and `sqr
 differ by ~5e-6 and a misplaced eps passes every test. Here `hidden_scale=1e-2` (embedding,
 o_proj and down_proj scaled) keeps the residual stream at mean square ~1e-4, comparable to
 eps = 1e-5, so the two placements differ by ~5% per norm. Every graph llmc runs is checked
-against transformers: the decomposed full form, the inference form (the `rms_norm` kernel)
-and each target's compiled graph (fused norm kernels).
+against transformers: the decomposed full form, the inference form (the `rms_norm` kernel),
+each target's compiled graph in its own form (fused norm kernels) and a per-op target's
+full form.
 """
 
 import numpy as np
@@ -18,6 +19,7 @@ from llmc.frontends import fixtures
 from llmc.frontends.llama import build_full, build_inference
 from llmc.frontends.loader import open_checkpoint
 from llmc.passes.pipelines import TARGETS
+from llmc.runtime.cache_lm import ReferenceCacheLM
 from llmc.runtime.generate import Generator, full_logits
 
 SCALE = 1e-2
@@ -47,6 +49,17 @@ def steps(gen: Generator, ids: np.ndarray) -> np.ndarray:
     """Prefill PROMPT_LEN tokens then teacher-forced decode: logits [batch, steps, vocab]."""
     s, first = gen.prefill([list(r[:PROMPT_LEN]) for r in ids], ids.shape[1] - PROMPT_LEN)
     return np.stack([first] + [gen.decode(s, ids[:, p])
+                               for p in range(PROMPT_LEN, ids.shape[1])], axis=1)
+
+
+def cache_steps(lm, ids: np.ndarray) -> np.ndarray:
+    """The same on a cache-form graph: prefill each row, then decode the rows together."""
+    cache = lm.new_cache(len(ids), ids.shape[1])
+    rows = list(range(len(ids)))
+    first = np.concatenate([lm.forward(cache, [i], ids[i:i + 1, :PROMPT_LEN], np.zeros(1, np.int64))
+                            for i in rows])
+    return np.stack([first] + [lm.forward(cache, rows, ids[:, p:p + 1],
+                                          np.full(len(rows), p, np.int64))
                                for p in range(PROMPT_LEN, ids.shape[1])], axis=1)
 
 
@@ -99,10 +112,18 @@ def test_compiled_target_matches_transformers(target, small):
     ck = open_checkpoint(d)
     want = rm.hf_logits(d, IDS)
     if c.form == "inference":
-        got, want = steps(Generator(c.graph, ck.weights), IDS), want[:, PROMPT_LEN - 1:]
+        got = steps(Generator(c.graph, ck.weights), IDS)
     else:
-        got, want = full_logits(c.graph, ck.weights, IDS), want[:, -1:]
-    assert rel_err(got, want) <= TOL, target
+        assert c.form == "cache"
+        got = cache_steps(ReferenceCacheLM(c.graph, ck.weights), IDS)
+    assert rel_err(got, want[:, PROMPT_LEN - 1:]) <= TOL, target
+
+
+def test_full_form_of_a_per_op_target_matches_transformers(small):
+    d = small("llama_gqa")
+    c = compile_model(d, "cpu", form="full")
+    got = full_logits(c.graph, open_checkpoint(d).weights, IDS)
+    assert rel_err(got, rm.hf_logits(d, IDS)[:, -1:]) <= TOL
 
 
 def test_paddle_checkpoint_of_the_same_weights(small):

@@ -1,0 +1,47 @@
+"""The README's command lines agree with --help: every flag a README `llmc CMD ...` line (or
+its indented continuation) shows is an option of CMD, and the Generation section names
+every option of generate and chat."""
+
+import re
+from pathlib import Path
+
+import typer
+
+from llmc.cli import app
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
+
+
+def options(cmd: str) -> set[str]:
+    command = typer.main.get_command(app).commands[cmd]
+    return {o for p in command.params for o in p.opts if o.startswith("--")} | {"--help"}
+
+
+def readme_commands() -> list[tuple[str, str]]:
+    """(command, its text with continuation lines) for each `llmc CMD` line in code blocks."""
+    found, blocks = [], README.split("```")[1::2]
+    for block in blocks:
+        for line in block.splitlines():
+            text = line.split("#")[0]
+            m = re.match(r"llmc ([a-z]+)\b", text)
+            if m:
+                found.append([m.group(1), text])
+            elif line.startswith("    ") and found:
+                found[-1][1] += " " + text
+    return [tuple(f) for f in found]
+
+
+def test_readme_flags_exist_in_help():
+    cmds = readme_commands()
+    assert {"generate", "chat", "export", "compile", "demo"} - {c for c, _ in cmds} <= {"demo"}
+    for cmd, text in cmds:
+        unknown = set(FLAG.findall(text)) - options(cmd)
+        assert not unknown, f"README `llmc {cmd}` shows {sorted(unknown)}, not in its --help"
+
+
+def test_generation_section_names_every_generate_and_chat_option():
+    section = README.split("## Generation", 1)[1].split("\n## ", 1)[0]
+    for cmd in ("generate", "chat"):
+        missing = options(cmd) - set(FLAG.findall(section)) - {"--help"}
+        assert not missing, f"README's Generation section lacks {cmd} {sorted(missing)}"
