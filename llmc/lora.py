@@ -21,7 +21,7 @@ from llmc.frontends.llama import build_full
 from llmc.frontends.loader import Checkpoint
 from llmc.frontends.peft import (Adapter, LoraConfig, adapter_from_weights, read_adapter,
                                  save_adapter)
-from llmc.passes.lora import TARGET_MODULES, init_lora_weights, lora_params
+from llmc.passes.lora import TARGET_MODULES, init_lora_weights
 
 # pass target key <-> the module's last name, as PEFT's target_modules lists it
 MODULE_NAMES = {key: module.rsplit(".", 1)[1] for key, module in TARGET_MODULES.items()}
@@ -78,10 +78,7 @@ def lora_graph(ckpt: Checkpoint, adapter_dir: str | Path) -> tuple[Graph, Mappin
     # the pass scales by alpha / rank: give the alpha that makes rsLoRA's scale
     add_lora(g, _target_keys(adapter, str(adapter_dir)), cfg.r, cfg.scale * cfg.r,
              cfg.lora_dropout)
-    weights = init_lora_weights(g)
-    for name in lora_params(g):
-        if name.endswith(".lora_B.weight"):
-            weights[name][...] = 0.0  # layers the adapter leaves alone stay unchanged
+    weights = init_lora_weights(g)  # B = 0: layers the adapter leaves alone stay unchanged
     for name, t in adapter.tensors.items():
         p = g.params.get(name)
         if p is None:

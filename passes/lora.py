@@ -9,7 +9,8 @@ with A [rank, in] and B [out, rank] new parameters named as PEFT saves them
 [out, in] layout whatever the base weight's layout. With B zero (`init_lora_weights`)
 the graph computes what it did before. Baichuan's packed `W_pack` keeps one linear:
 the q/k/v adapters add to the matching outputs of its split, and are named as if
-q_proj/k_proj/v_proj existed, which is how `merge` folds them into the packed rows.
+q_proj/k_proj/v_proj existed, which is how `merge` folds them into the packed rows;
+the `pack` target adapts `W_pack` as a whole, as PEFT does with target_modules=[W_pack].
 
 Dropout acts on the adapter input during training only; the pass records it, with
 the other options, in `ctx.model["lora"]` for the trainer and the adapter writer.
@@ -32,7 +33,7 @@ from .fuse_common import num_layers
 # target key -> the module the HF checkpoint names for it
 TARGET_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
                   "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
-                  "down": "mlp.down_proj"}
+                  "down": "mlp.down_proj", "pack": "self_attn.W_pack"}
 PACKED_ORDER = ("q", "k", "v")  # W_pack's output blocks
 PEFT_PREFIX = "base_model.model."
 _WEIGHT = re.compile(r"(?P<module>.*layers\.\d+\.(?:self_attn|mlp)\.(?P<proj>\w+))\.weight")
@@ -80,8 +81,11 @@ def _add_after(g: Graph, y: Value, delta: Value) -> None:
     y's producer."""
     ops = g.ops
     following = ops[ops.index(y.producer) + 1:]
-    while following and following[0].kind == "add" and following[0].inputs[0].producer is y.producer:
-        following.pop(0)  # keep the adds of a packed split in q, k, v order
+    def earlier_lora_add(op: Op) -> bool:  # keeps the adds of a packed split in q, k, v order
+        return op.kind == "add" and op.operand("lhs").producer is y.producer
+
+    while following and earlier_lora_add(following[0]):
+        following.pop(0)
     add = make_op(g, "add", [y, delta], {}, name="lora_out")
     g.replace_all_uses(y, add.output)
     if following:
@@ -104,18 +108,14 @@ def _sites(g: Graph, keys: list[str]) -> list[tuple[Op, Value, str]]:
         m = _plain_param_linear(op)
         if m is None:
             continue
-        proj = m["proj"]
-        if proj == "W_pack":
-            split = _packed_split(op)
-            if split is None:
-                continue
-            stem = m["module"][: -len("W_pack")]
-            sites += [(op, split.outputs[i], f"{stem}{key}_proj")
-                      for i, key in enumerate(PACKED_ORDER) if key in keys]
-            continue
         key = next((k for k, mod in TARGET_MODULES.items() if m["module"].endswith(mod)), None)
         if key in keys:
             sites.append((op, op.output, m["module"]))
+        split = _packed_split(op) if m["proj"] == "W_pack" else None
+        if split is not None:
+            stem = m["module"][: -len("W_pack")]
+            sites += [(op, out, f"{stem}{key}_proj")
+                      for out, key in zip(split.outputs, PACKED_ORDER) if key in keys]
     return sites
 
 
@@ -149,10 +149,9 @@ def _expected(g: Graph, ctx: PassContext, targets: str) -> int:
         m = _WEIGHT.fullmatch(name)
         if m is None:
             continue
+        count += any(m["module"].endswith(TARGET_MODULES[k]) for k in keys)
         if m["proj"] == "W_pack":
             count += sum(k in keys for k in PACKED_ORDER)
-        else:
-            count += any(m["module"].endswith(TARGET_MODULES[k]) for k in keys)
     return count
 
 

@@ -53,8 +53,9 @@ def merged_by_hand(ck, adapter, scale):
                                       ("llama", "paddle")])
 def test_lora_graph_equals_merged_weights(arch, fmt, tmp_path):
     ck = open_checkpoint(fixtures.write_fixture(tmp_path, arch, fmt))
-    g, rec, ctx = with_lora(ck, "lora{targets=q+k+v+o+gate+up+down,rank=4,alpha=8.0,dropout=0.1}")
-    assert rec.matched == rec.expected == 7 * ck.config.num_layers
+    targets = "q+k+v+o+gate+up+down" + ("+pack" if arch.startswith("baichuan") else "")
+    g, rec, ctx = with_lora(ck, f"lora{{targets={targets},rank=4,alpha=8.0,dropout=0.1}}")
+    assert rec.matched == rec.expected == len(targets.split("+")) * ck.config.num_layers
     assert ctx.model["lora"]["dropout"] == 0.1
     base = full_logits(build_full(ck.config, ck.naming), ck.weights, IDS)
     init = full_logits(g, {**ck.weights, **init_lora_weights(g)}, IDS)

@@ -39,11 +39,15 @@ def logits_of(model_dir):
     return full_logits(build_full(ck.config, ck.naming), ck.weights, IDS)
 
 
-@pytest.mark.parametrize("arch,fmt", [("llama_gqa", "hf-sharded"), ("baichuan2_7b", "hf"),
-                                      ("baichuan2_13b", "hf")])
-def test_merged_equals_unmerged(arch, fmt, tmp_path):
+ALL = "q,k,v,o,gate,up,down"
+
+
+@pytest.mark.parametrize("arch,fmt,targets", [("llama_gqa", "hf-sharded", ALL),
+                                              ("baichuan2_7b", "hf", ALL),
+                                              ("baichuan2_13b", "hf", ALL + ",pack")])
+def test_merged_equals_unmerged(arch, fmt, targets, tmp_path):
     base = fixtures.write_fixture(tmp_path / "base", arch, fmt)
-    adapter = llmc_adapter(base, tmp_path / "adapter")
+    adapter = llmc_adapter(base, tmp_path / "adapter", targets)
     report = merge(base, adapter, tmp_path / "merged")
     unmerged = full_logits(*lora_graph(open_checkpoint(base), adapter), IDS)
     assert rel_err(unmerged, logits_of(base)) > 1e-2
@@ -55,8 +59,9 @@ def test_merged_equals_unmerged(arch, fmt, tmp_path):
         if not name.endswith(".safetensors"):
             assert (base / name).read_bytes() == (tmp_path / "merged" / name).read_bytes()
     if arch.startswith("baichuan"):
+        packed = ["W_pack"] if "pack" in targets else []
         assert report.changed["model.layers.0.self_attn.W_pack.weight"] == [
-            f"model.layers.0.self_attn.{p}_proj" for p in "qkv"]
+            f"model.layers.0.self_attn.{p}" for p in packed + ["q_proj", "k_proj", "v_proj"]]
 
 
 def test_peft_made_adapter_merges(tmp_path):
