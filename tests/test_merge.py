@@ -9,6 +9,7 @@ from llmc.compiler.errors import LlmcError
 from llmc.frontends import fixtures
 from llmc.frontends.llama import build_full
 from llmc.frontends.loader import open_checkpoint
+from llmc.frontends.peft import read_adapter
 from llmc.lora import add_lora, lora_graph, save_lora
 from llmc.merge import merge
 from llmc.passes.lora import lora_params
@@ -110,3 +111,23 @@ def test_failed_merge_keeps_the_old_output(tmp_path, monkeypatch):
         merge(base, llmc_adapter(base, tmp_path / "a2", "o", seed=9), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a2", "adapter", "base", "merged"]
+
+
+def test_bf16_checkpoint_stays_bf16(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    base = fixtures.write_fixture(tmp_path / "base", "baichuan2_7b", "hf")
+    f32 = load_file(str(base / "model.safetensors"))
+    save_file({n: t.to(torch.bfloat16) for n, t in f32.items()}, str(base / "model.safetensors"),
+              metadata={"format": "pt"})
+    adapter = llmc_adapter(base, tmp_path / "adapter", "v,up")
+    merge(base, adapter, tmp_path / "merged")
+    merged = load_file(str(tmp_path / "merged" / "model.safetensors"))
+    assert {t.dtype for t in merged.values()} == {torch.bfloat16}
+    a = read_adapter(adapter)
+    up = "model.layers.1.mlp.up_proj"
+    want = (f32[f"{up}.weight"].to(torch.bfloat16).float()
+            + torch.as_tensor(a.delta(up))).to(torch.bfloat16)
+    assert torch.equal(merged[f"{up}.weight"], want)
+    norm = "model.layers.1.input_layernorm.weight"
+    assert torch.equal(merged[norm], f32[norm].to(torch.bfloat16))
