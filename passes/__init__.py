@@ -12,4 +12,5 @@ from . import fuse_lm_head_slice  # noqa: F401
 from . import vendor_norms  # noqa: F401
 from . import vendor_layer  # noqa: F401
 from . import vendor_io  # noqa: F401
+from . import lora  # noqa: F401
 from . import pipelines  # noqa: F401
