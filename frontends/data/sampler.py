@@ -55,7 +55,7 @@ class EpochOrder:
     def load_state_dict(self, state: dict[str, Any], extra: dict[str, Any]) -> None:
         """Continue from `state`; `extra` holds the caller's own fields to compare."""
         mine = {**self.state_dict(), **extra}
-        for key in ("items", "batch_size", "shuffle", *extra):
+        for key in (*extra, "items", "batch_size", "shuffle"):
             if state.get(key) != mine[key]:
                 raise DataError(f"data position was saved for {key}={state.get(key)!r} but "
                                 f"this run has {key}={mine[key]!r}: not the same data/shape")
