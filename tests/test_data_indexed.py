@@ -193,3 +193,20 @@ def test_paddlenlp_reader_accepts_prepare_output(tmp_path, tok, corpus_jsonl):
     ds = indexed_dataset.make_dataset(str(tmp_path / "pn"), "mmap", skip_warmup=True)
     assert [ds[i].tolist() for i in range(len(ds))] == expected_docs(tok)
     assert ds.doc_idx.tolist() == list(range(len(TEXTS) + 1))
+
+
+def test_text_corpus_bad_input(tmp_path, tok):
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text('{"text": ""}\n\n', "utf-8")
+    with pytest.raises(DataError, match=r"blank.jsonl: empty corpus"):
+        open_corpus(blank, tok)
+    raw = tmp_path / "raw.txt"
+    raw.write_bytes(b"Hello \xff world\n")
+    with pytest.raises(DataError, match=r"raw.txt: not UTF-8"):
+        open_corpus(raw, tok)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "Hello world"}\n{"text": "unterminated\n', "utf-8")
+    with pytest.raises(DataError, match=r"bad.jsonl:2: malformed JSON"):
+        open_corpus(bad, tok)
+    assert open_corpus(bad, tok, on_error="skip").num_tokens == len(
+        tok.encode("Hello world", add_special_tokens=False)) + 1

@@ -170,3 +170,20 @@ def test_load_sft_empty_and_missing(tmp_path, plain_tok):
     (tmp_path / "bin.jsonl").write_bytes(b'{"src": "\xff", "tgt": "b"}\n')
     with pytest.raises(DataError, match=r"bin.jsonl:1: not UTF-8"):
         load_sft(tmp_path / "bin.jsonl", plain_tok, 64)
+
+
+def test_tiny_generated_sft_set(tmp_path, template_tok):
+    from llmc.frontends.data.synthetic import write_tiny_sft, write_tiny_corpus
+
+    a = write_tiny_sft(tmp_path / "a.jsonl", n=12, seed=3).read_text()
+    assert a == write_tiny_sft(tmp_path / "b.jsonl", n=12, seed=3).read_text()
+    assert a != write_tiny_sft(tmp_path / "c.jsonl", n=12, seed=4).read_text()
+    ds = load_sft(tmp_path / "a.jsonl", template_tok, 128)
+    assert len(ds) == 12 and ds.stats.truncated_examples == 0
+    rows = [json.loads(line) for line in a.splitlines()]
+    for row, ex in zip(rows, ds.examples):
+        answers = row["tgt"] if isinstance(row["tgt"], list) else [row["tgt"]]
+        assert [template_tok.decode(r).strip() for r in targets(template_tok, ex)] == answers
+    assert sum(isinstance(r["tgt"], list) for r in rows) == 3
+    lines = write_tiny_corpus(tmp_path / "t.jsonl", n=5).read_text().splitlines()
+    assert len(lines) == 5 and all(json.loads(line)["text"] for line in lines)

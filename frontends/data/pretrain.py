@@ -63,12 +63,13 @@ def tokenize_corpus(path: str | Path, tokenizer, on_error: str = "fail",
                     ) -> tuple[TokenCorpus, DataStats]:
     """A text or jsonl corpus tokenized in memory, one sequence and document per text."""
     stats = DataStats()
-    docs = list(iter_encoded(path, tokenizer, stats, on_error, append_eos, add_bos, key))
-    if not docs or not stats.tokens:
+    docs = [np.asarray(ids, dtype=np.int64)
+            for ids in iter_encoded(path, tokenizer, stats, on_error, append_eos, add_bos, key)]
+    if not docs:
         raise DataError(f"{path}: empty corpus: no text documents ({stats.skipped_lines} bad "
                         "lines skipped)")
     sizes = np.array([len(d) for d in docs], dtype=np.int64)
-    data = np.fromiter((t for d in docs for t in d), dtype=np.int64, count=int(sizes.sum()))
+    data = np.concatenate(docs)
     starts = np.concatenate([[0], np.cumsum(sizes)])
     return TokenCorpus(str(path), data, sizes, starts[:-1], np.arange(len(docs) + 1)), stats
 
