@@ -208,5 +208,6 @@ def test_text_corpus_bad_input(tmp_path, tok):
     bad.write_text('{"text": "Hello world"}\n{"text": "unterminated\n', "utf-8")
     with pytest.raises(DataError, match=r"bad.jsonl:2: malformed JSON"):
         open_corpus(bad, tok)
-    assert open_corpus(bad, tok, on_error="skip").num_tokens == len(
+    skipped = open_corpus(bad, tok, on_error="skip")
+    assert skipped.stats.skipped_lines == 1 and skipped.num_tokens == len(
         tok.encode("Hello world", add_special_tokens=False)) + 1

@@ -175,3 +175,22 @@ def test_sft_batcher_packs_and_resumes(tmp_path):
 def test_empty_dataset_refused():
     with pytest.raises(DataError, match="empty"):
         SFTBatcher(SFTDataset("x", [], DataStats(), 8), 2, pad_id=0)
+
+
+def test_windows_to_batch_and_pad_id():
+    from llmc.frontends.data import default_pad_id, windows_to_batch
+
+    w = WindowSampler(stream_corpus(), 8, 2, seed=0).next_batch()
+    batch = windows_to_batch(w)
+    assert (batch["input_ids"] == w[:, :-1]).all() and (batch["labels"] == w[:, 1:]).all()
+    assert batch["position_ids"][1].tolist() == list(range(8))
+    assert block_causal_mask(batch["segment_ids"])[0].tolist() == \
+        np.tril(np.ones((8, 8), bool)).tolist()
+    with pytest.raises(DataError, match="windows must be"):
+        windows_to_batch(np.zeros((2, 1)))
+
+    class Tok:
+        pad_token_id, eos_token_id = None, 2
+    assert default_pad_id(Tok()) == 2
+    Tok.eos_token_id = None
+    assert default_pad_id(Tok()) == 0

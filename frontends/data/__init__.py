@@ -14,7 +14,8 @@ input raises `DataError` naming the file and line, or is skipped and counted wit
 
 from .indexed import TokenCorpus, open_legacy, open_mmap, read_index
 from .jsonl import DataError, DataStats
-from .packing import block_causal_mask, collate, cu_seqlens, pack_rows, startend_row_indices
+from .packing import (block_causal_mask, collate, cu_seqlens, default_pad_id, pack_rows,
+                      startend_row_indices, windows_to_batch)
 from .pretrain import corpus_kind, encode_document, open_corpus, tokenize_corpus
 from .sampler import EpochOrder, SFTBatcher, WindowSampler
 from .sft import IGNORE_INDEX, SFTDataset, SFTExample, encode_sft, load_sft
@@ -23,7 +24,7 @@ from .writer import PrepareResult, prepare, token_dtype
 __all__ = [
     "DataError", "DataStats", "EpochOrder", "IGNORE_INDEX", "PrepareResult", "SFTBatcher",
     "SFTDataset", "SFTExample", "TokenCorpus", "WindowSampler", "block_causal_mask", "collate",
-    "corpus_kind", "cu_seqlens", "encode_document", "encode_sft", "load_sft", "open_corpus",
-    "open_legacy", "open_mmap", "pack_rows", "prepare", "read_index", "startend_row_indices",
-    "token_dtype", "tokenize_corpus",
+    "corpus_kind", "cu_seqlens", "default_pad_id", "encode_document", "encode_sft",
+    "load_sft", "open_corpus", "open_legacy", "open_mmap", "pack_rows", "prepare",
+    "read_index", "startend_row_indices", "token_dtype", "tokenize_corpus", "windows_to_batch",
 ]

@@ -54,6 +54,7 @@ class TokenCorpus:
         self.doc_idx = doc_idx.astype(np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)])  # offsets in the stream
         self.contiguous = bool(np.array_equal(self.offsets, self.starts[:-1]))
+        self.stats = None  # DataStats of a text corpus tokenized on the fly
 
     @property
     def num_tokens(self) -> int:

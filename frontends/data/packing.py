@@ -75,6 +75,27 @@ def collate(rows: Sequence[Sequence[SFTExample]], pad_id: int, length: int | Non
     return batch
 
 
+def windows_to_batch(windows: np.ndarray) -> dict[str, np.ndarray]:
+    """Pretraining windows [B, T + 1] as the same batch dict SFT uses, so a trainer has one
+    loss path: inputs w[:, :-1], labels w[:, 1:], one segment per row."""
+    w = np.asarray(windows, dtype=np.int64)
+    if w.ndim != 2 or w.shape[1] < 2:
+        raise DataError(f"windows must be [batch, seq_len + 1] with seq_len >= 1, not {w.shape}")
+    b, t = w.shape[0], w.shape[1] - 1
+    return {"input_ids": w[:, :-1], "labels": w[:, 1:],
+            "position_ids": np.broadcast_to(np.arange(t, dtype=np.int64), (b, t)).copy(),
+            "segment_ids": np.ones((b, t), dtype=np.int64)}
+
+
+def default_pad_id(tokenizer) -> int:
+    """The id to pad inputs with: the tokenizer's pad token, else EOS, else 0 (padding is
+    masked and carries no loss, so any valid id works)."""
+    for i in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(i, int):
+            return i
+    return 0
+
+
 def block_causal_mask(segment_ids: np.ndarray) -> np.ndarray:
     """Boolean [..., T, T] mask: True where query i may attend to key j (causal, same
     non-padding segment)."""

@@ -99,7 +99,8 @@ def open_corpus(path: str | Path, tokenizer=None, on_error: str = "fail",
     else:
         if tokenizer is None:
             raise DataError(f"{path}: a text corpus needs the model's tokenizer")
-        corpus, _ = tokenize_corpus(path, tokenizer, on_error)
+        corpus, stats = tokenize_corpus(path, tokenizer, on_error)
+        corpus.stats = stats
     if vocab_size is not None:
         corpus.check_vocab(vocab_size)
     return corpus
