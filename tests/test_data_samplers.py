@@ -194,3 +194,38 @@ def test_windows_to_batch_and_pad_id():
     assert default_pad_id(Tok()) == 2
     Tok.eos_token_id = None
     assert default_pad_id(Tok()) == 0
+
+
+def _rope_attention(ids, positions, mask, dim=8, seed=0):
+    """A one-head rotary attention layer in numpy, the contract's consumer."""
+    rng = np.random.default_rng(seed)
+    emb, wq, wk, wv = (rng.standard_normal(s) for s in ((64, dim), (dim, dim), (dim, dim),
+                                                        (dim, dim)))
+    x = emb[ids]
+    inv = 1.0 / 10000 ** (np.arange(0, dim, 2) / dim)
+    ang = positions[:, None] * inv[None, :]
+    cos, sin = np.cos(ang), np.sin(ang)
+
+    def rope(t):
+        a, b = t[:, 0::2], t[:, 1::2]
+        return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=1)
+    scores = rope(x @ wq) @ rope(x @ wk).T / np.sqrt(dim)
+    scores = np.where(mask, scores, -np.inf)
+    probs = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return (probs / probs.sum(axis=1, keepdims=True)) @ (x @ wv)
+
+
+def test_packed_row_attends_like_separate_examples():
+    a, b = example(5, 3), example(4, 40)
+    packed = collate([[a, b]], pad_id=0)
+    out = _rope_attention(packed["input_ids"][0], packed["position_ids"][0],
+                          block_causal_mask(packed["segment_ids"])[0])
+    for ex, span in ((a, slice(0, 5)), (b, slice(5, 9))):
+        alone = collate([[ex]], pad_id=0)
+        ref = _rope_attention(alone["input_ids"][0], alone["position_ids"][0],
+                              block_causal_mask(alone["segment_ids"])[0])
+        np.testing.assert_allclose(out[span], ref, rtol=1e-12, atol=1e-12)
+    # without the mask or the restarted positions the second example would differ
+    wrong = _rope_attention(packed["input_ids"][0], packed["position_ids"][0],
+                            np.tril(np.ones((9, 9), bool)))
+    assert not np.allclose(wrong[5:], out[5:])
