@@ -187,3 +187,11 @@ def test_tiny_generated_sft_set(tmp_path, template_tok):
     assert sum(isinstance(r["tgt"], list) for r in rows) == 3
     lines = write_tiny_corpus(tmp_path / "t.jsonl", n=5).read_text().splitlines()
     assert len(lines) == 5 and all(json.loads(line)["text"] for line in lines)
+
+
+def test_byte_order_mark_and_crlf(tmp_path, plain_tok):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"src": "Hello", "tgt": "world"}\r\n{"src": "a", "tgt": "b"}\r\n')
+    ds = load_sft(path, plain_tok, 64)
+    assert len(ds) == 2 and ds.examples[0].input_ids.tolist() == plain_tok.encode("Hello") + \
+        plain_tok.encode("world", add_special_tokens=False)

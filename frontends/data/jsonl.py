@@ -78,6 +78,8 @@ def iter_jsonl(path: str | Path, stats: DataStats, on_error: str = "fail"
         for number, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark, as Windows editors write
             obj, problem = _parse_line(raw)
             if problem:
                 report(stats, on_error, f"{p}:{number}: {problem}")
@@ -121,7 +123,7 @@ def iter_text_documents(path: str | Path, stats: DataStats, on_error: str = "fai
 
 def _paragraphs(path: Path) -> Iterator[tuple[int, str]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
     lines: list[str] = []
