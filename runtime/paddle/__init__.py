@@ -1,0 +1,11 @@
+"""The Paddle runtime: llmc graphs lowered to Paddle dygraph calls (inference and training).
+
+Paddle itself is imported on first use (env.import_paddle), so importing this package
+works without paddlepaddle installed."""
+
+from . import core_ops, nn_ops  # noqa: F401  (fill the lowering table)
+from .env import DEVICES, Kernels, choose_kernels, import_paddle, place_for
+from .lower import LOWERINGS, LoweringError, PaddleProgram, lower_ops
+
+__all__ = ["DEVICES", "LOWERINGS", "Kernels", "LoweringError", "PaddleProgram", "choose_kernels",
+           "import_paddle", "lower_ops", "place_for"]
