@@ -70,3 +70,21 @@ def test_compiled_artifact_graph_gives_last_token_logits(tmp_path):
     got = paddle_logits(art.graph, w, ids).numpy()
     assert got.shape == (1, 1, 256)
     assert rel_err(got, full_logits(art.graph, w, ids)) < TOL
+
+
+def test_layer_segments_split_at_decoder_layers():
+    from llmc.runtime.paddle.segments import segments
+
+    cfg, g, _ = full_graph("llama_gqa")
+    segs = segments(g)
+    assert [s.layer for s in segs] == [None, *range(cfg.num_layers), None]
+    assert [s.start for s in segs[1:]] == [s.stop for s in segs[:-1]]
+    for s in segs[1:-1]:  # a layer reads the hidden state, returns the next one
+        assert s.inputs and s.outputs
+
+
+def test_logits_for_generation_match_reference():
+    cfg, g, w = full_graph("baichuan2_7b")
+    ids = np.random.default_rng(4).integers(0, cfg.vocab_size, (1, 5))
+    got = PaddleProgram(g, w, trainable=False).logits(ids)
+    assert isinstance(got, np.ndarray) and rel_err(got, full_logits(g, w, ids)) < TOL

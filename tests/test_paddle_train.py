@@ -204,3 +204,28 @@ def test_all_masked_batch_and_last_token_graph_are_refused():
     _, last, _ = setup("llama", last_token_only=True)
     with pytest.raises(TrainingError, match="not one row per input position"):
         Trainer(last, w, TrainConfig())
+
+
+def test_recompute_runs_each_layer_again_and_changes_no_gradient():
+    cfg, g, w = setup("baichuan2_13b")
+    b = batch(cfg, 3)
+    grads, calls = [], []
+    for recompute in (False, True):
+        t = Trainer(g, w, TrainConfig(recompute=recompute))
+        layer_ops = [i for i, (op, _) in enumerate(t.program.steps)
+                     if any(v.name.startswith("model.layers.1.") for v in op.inputs)]
+        count = [0]
+        op, step = t.program.steps[layer_ops[0]]
+
+        def counted(env, step=step, count=count):
+            count[0] += 1
+            return step(env)
+
+        t.program.steps[layer_ops[0]] = (op, counted)
+        loss, n = t.loss_sum(b["input_ids"], b["labels"])
+        (loss / n).backward()
+        grads.append({k: p.grad.numpy() for k, p in t.program.params.items()})
+        calls.append(count[0])
+    assert calls == [1, 2]
+    for k in grads[0]:
+        np.testing.assert_allclose(grads[1][k], grads[0][k], rtol=1e-6, atol=1e-9, err_msg=k)

@@ -17,6 +17,7 @@ from llmc.compiler.errors import LlmcError
 from llmc.compiler.ir import DType, Graph, Op, Value
 
 from .env import Kernels, choose_kernels, import_paddle, place_for
+from .segments import Segment, segments
 
 Env = dict[Value, object]
 Step = Callable[[Env], list]
@@ -110,6 +111,7 @@ class PaddleProgram:
         self.params = {name: self._param(v, weights, trainable) for name, v in graph.params.items()}
         self.steps = lower_ops(graph, self.kernels)
         self._frees = last_uses(graph)
+        self.segments = segments(graph)
 
     def _param(self, v: Value, weights: Mapping[str, np.ndarray], trainable: bool):
         try:
@@ -133,7 +135,9 @@ class PaddleProgram:
         """Every parameter as a numpy array, by its graph (checkpoint) name."""
         return {name: p.numpy() for name, p in self.params.items()}
 
-    def __call__(self, inputs: Mapping[str, object]) -> list:
+    def __call__(self, inputs: Mapping[str, object], recompute: bool = False) -> list:
+        """The graph's outputs for `inputs`; `recompute` keeps no activation inside a
+        decoder layer for the backward pass (each layer is run again there)."""
         env: Env = {v: self.params[v.name] for v in self.graph.params.values()}
         for v in self.graph.inputs:
             if v.name not in inputs:
@@ -141,8 +145,43 @@ class PaddleProgram:
             x = inputs[v.name]
             env[v] = x if isinstance(x, self.paddle.Tensor) else self.paddle.to_tensor(
                 np.asarray(x))
-        for i, (op, step) in enumerate(self.steps):
+        if not recompute:
+            self._run_steps(env, 0, len(self.steps))
+        for seg in (self.segments if recompute else ()):
+            if seg.layer is None:
+                self._run_steps(env, seg.start, seg.stop)
+            else:
+                self._recompute(env, seg)
+        return [env[v] for v in self.graph.outputs]
+
+    def _run_steps(self, env: Env, start: int, stop: int) -> None:
+        for i in range(start, stop):
+            op, step = self.steps[i]
             env.update(zip(op.outputs, step(env)))
             for v in self._frees.get(i, ()):
                 env.pop(v, None)
-        return [env[v] for v in self.graph.outputs]
+
+    def _recompute(self, env: Env, seg: Segment) -> None:
+        from paddle.distributed.fleet.utils import recompute
+
+        params = {v: self.params[v.name] for v in self.graph.params.values()}
+
+        def run(*tensors):
+            local = dict(params)
+            local.update(zip(seg.inputs, tensors))
+            self._run_steps(local, seg.start, seg.stop)
+            return tuple(local[v] for v in seg.outputs)
+
+        outs = recompute(run, *[env[v] for v in seg.inputs])
+        env.update(zip(seg.outputs, outs if isinstance(outs, (tuple, list)) else (outs,)))
+        for i in range(seg.start, seg.stop):
+            for v in self._frees.get(i, ()):
+                env.pop(v, None)
+
+    def logits(self, input_ids) -> np.ndarray:
+        """Full-form output 0 for input_ids [batch, seq] at positions 0..seq-1, without
+        autograd, as numpy (the logits function RecomputeLM and generation take)."""
+        ids = np.asarray(input_ids, dtype=np.int64)
+        pos = np.broadcast_to(np.arange(ids.shape[-1], dtype=np.int64), ids.shape).copy()
+        with self.paddle.no_grad():
+            return self({"input_ids": ids, "position_ids": pos})[0].numpy()

@@ -1,6 +1,7 @@
 """Training steps on a full-form graph lowered to Paddle: causal-LM loss with label masking,
 AdamW (paddle.optimizer.AdamW), warmup + cosine/linear/constant schedules, gradient
-clipping by global norm, gradient accumulation, a seed.
+clipping by global norm, gradient accumulation, activation recompute per decoder layer
+(segments.py), a seed.
 
     trainer = Trainer(graph, weights, TrainConfig(lr=3e-4, total_steps=1000))
     metrics = trainer.step({"input_ids": ids, "labels": labels})  # one optimizer update
@@ -55,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     ignore_index: int = -100
+    recompute: bool = False
 
     def check(self) -> None:
         """Refuse settings that cannot train, naming the field."""
@@ -117,7 +119,8 @@ class Trainer:
         ids = p.to_tensor(np.asarray(input_ids, dtype=np.int64))
         pos = p.arange(ids.shape[1], dtype="int64").unsqueeze(0).expand(ids.shape)
         with self._autocast():
-            logits = self.program({"input_ids": ids, "position_ids": pos})[0]
+            logits = self.program({"input_ids": ids, "position_ids": pos},
+                                  recompute=self.config.recompute)[0]
         logits = logits[:, :-1].astype("float32")
         target = p.to_tensor(np.asarray(labels, dtype=np.int64)[:, 1:])
         valid = target != self.config.ignore_index
