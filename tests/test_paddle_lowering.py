@@ -160,3 +160,30 @@ def test_missing_device_names_its_package(device, package):
 def test_unknown_device_is_refused():
     with pytest.raises(LlmcError, match="--device must be one of cpu, gpu, npu"):
         place_for("tpu")
+
+
+def test_missing_paddle_says_how_to_install(monkeypatch):
+    import sys
+
+    from llmc.runtime.paddle import import_paddle
+
+    monkeypatch.setitem(sys.modules, "paddle", None)  # `import paddle` raises ImportError
+    with pytest.raises(LlmcError, match=r"pip install 'llmc\[paddle\]'"):
+        import_paddle()
+
+
+def test_mkl_cpu_type_is_set_before_paddle_loads_unless_the_user_set_it():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from llmc.runtime.paddle import import_paddle; "
+            "assert 'paddle' not in sys.modules; import_paddle(); "
+            "print(os.environ['MKL_DEBUG_CPU_TYPE'])")
+    for preset, want in ((None, "5"), ("2", "2")):
+        env = {k: v for k, v in os.environ.items() if k != "MKL_DEBUG_CPU_TYPE"}
+        if preset:
+            env["MKL_DEBUG_CPU_TYPE"] = preset
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert out[-1] == want

@@ -229,3 +229,28 @@ def test_recompute_runs_each_layer_again_and_changes_no_gradient():
     assert calls == [1, 2]
     for k in grads[0]:
         np.testing.assert_allclose(grads[1][k], grads[0][k], rtol=1e-6, atol=1e-9, err_msg=k)
+
+
+def test_resume_from_state_reproduces_the_uninterrupted_curve():
+    cfg, g, w = setup("llama_gqa")
+    tc = TrainConfig(lr=3e-3, weight_decay=0.1, warmup_steps=2, total_steps=6)
+    batches = [batch(cfg, i) for i in range(6)]
+    straight = Trainer(g, w, tc)
+    want = [straight.step(b)["loss"] for b in batches]
+    first = Trainer(g, w, tc)
+    got = [first.step(b)["loss"] for b in batches[:3]]
+    state = first.state_dict()
+    assert state["step"] == 3 and any("moment1" in k for k in state["optimizer"])
+    resumed = Trainer(g, fixtures.random_weights("llama_gqa", seed=9), tc)
+    resumed.load_state_dict(state)
+    got += [resumed.step(b)["loss"] for b in batches[3:]]
+    assert got == want
+    with pytest.raises(TrainingError, match="already stepped"):
+        resumed.load_state_dict(state)
+
+
+def test_state_of_another_model_is_refused():
+    _, g, w = setup("llama_gqa")
+    _, g2, w2 = setup("baichuan2_7b")
+    with pytest.raises(TrainingError, match="the state is of another model"):
+        Trainer(g, w, TrainConfig()).load_state_dict(Trainer(g2, w2, TrainConfig()).state_dict())

@@ -1,7 +1,18 @@
 """The Paddle runtime: llmc graphs lowered to Paddle dygraph calls (inference and training).
 
-Paddle itself is imported on first use (env.import_paddle), so importing this package
-works without paddlepaddle installed."""
+    program = PaddleProgram(graph, weights, device="cpu")   # cpu|gpu|npu|mlu|iluvatar_gpu
+    logits = program.logits(input_ids)                     # numpy, no autograd
+    trainer = Trainer(graph, weights, TrainConfig(lr=3e-4, total_steps=1000))
+    metrics = trainer.step({"input_ids": ids, "labels": labels})
+    state = trainer.state_dict(); Trainer(...).load_state_dict(state)  # resume
+
+`graph` is a full-form graph returning every position's logits, optionally compiled by
+a per-op target's pipeline (fused rms_norm, rope, attention, swiglu...). Batches of
+unequal rows are right-padded with labels -100 on the padding: attention is causal, so
+no real token sees the padding after it. `program.kernels.report()` says which Paddle
+kernel each op kind ran with, and why. Paddle itself is imported on first use
+(env.import_paddle), so importing this package works without paddlepaddle installed.
+"""
 
 from . import core_ops, nn_ops  # noqa: F401  (fill the lowering table)
 from .env import DEVICES, Kernels, choose_kernels, import_paddle, place_for

@@ -107,10 +107,18 @@ class Trainer:
         decayed = {p.name for p in params if p.ndim >= 2}
         clip = (paddle.nn.ClipGradByGlobalNorm(config.max_grad_norm)
                 if config.max_grad_norm is not None else None)
-        self.optimizer = paddle.optimizer.AdamW(
-            learning_rate=config.lr_at(0), parameters=params, beta1=config.beta1,
-            beta2=config.beta2, epsilon=config.eps, weight_decay=config.weight_decay,
-            apply_decay_param_fun=lambda name: name in decayed, grad_clip=clip)
+        from paddle.base import unique_name
+
+        # Accumulator names come from a process-wide counter (`w_moment1_0`, then `_1` for a
+        # second optimizer); a generator of our own keeps them the same in every run, so a
+        # saved optimizer state loads into a new Trainer.
+        self._names = unique_name.UniqueNameGenerator()
+        self._name_guard = lambda: unique_name.guard(self._names)
+        with self._name_guard():
+            self.optimizer = paddle.optimizer.AdamW(
+                learning_rate=config.lr_at(0), parameters=params, beta1=config.beta1,
+                beta2=config.beta2, epsilon=config.eps, weight_decay=config.weight_decay,
+                apply_decay_param_fun=lambda name: name in decayed, grad_clip=clip)
         self.step_count = 0
 
     def loss_sum(self, input_ids, labels):
@@ -159,7 +167,8 @@ class Trainer:
             raise TrainingError(f"loss is {loss} at step {self.step_count + 1}; stopping "
                                 "(weights not updated)")
         norm = self.grad_norm()
-        self.optimizer.step()
+        with self._name_guard():
+            self.optimizer.step()
         self.optimizer.clear_grad()
         self.step_count += 1
         dt = time.perf_counter() - t0
@@ -171,6 +180,27 @@ class Trainer:
         sq = [float((g * g).sum()) for g in (p.grad for p in self.program.parameters())
               if g is not None]
         return math.sqrt(sum(sq))
+
+    def state_dict(self) -> dict:
+        """What resuming needs, as numpy: {"step", "weights" (by graph name), "optimizer"
+        (AdamW moments and beta powers by Paddle's accumulator names)}."""
+        opt = {k: v.numpy() if isinstance(v, self.paddle.Tensor) else v
+               for k, v in self.optimizer.state_dict().items()}
+        return {"step": self.step_count, "weights": self.program.state_dict(), "optimizer": opt}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Continue from `state_dict()` of a Trainer of the same graph (before any step)."""
+        if self.step_count:
+            raise TrainingError("load_state_dict: this trainer has already stepped")
+        missing = set(self.program.params) ^ set(state["weights"])
+        if missing:
+            raise TrainingError(f"load_state_dict: the state is of another model (parameter "
+                                f"{sorted(missing)[0]} differs)")
+        for name, arr in state["weights"].items():
+            self.program.params[name].set_value(np.asarray(arr))
+        self.optimizer.set_state_dict({k: self.paddle.to_tensor(v) if isinstance(v, np.ndarray)
+                                       else v for k, v in state["optimizer"].items()})
+        self.step_count = int(state["step"])
 
     def describe(self) -> dict:
         """The config and the kernels used, for logs and metrics files."""
