@@ -50,7 +50,7 @@ def test_full_form_logits_match_reference(arch):
 
 
 @pytest.mark.parametrize("target", PER_OP_TARGETS)
-@pytest.mark.parametrize("arch", ["llama_gqa", "baichuan2_7b", "baichuan2_13b"])
+@pytest.mark.parametrize("arch", fixtures.ARCHES)
 def test_compiled_per_op_target_logits_match_reference(arch, target):
     cfg, g, w = full_graph(arch, target)
     fused = {"attention", "rms_norm"} if target in ("mlu370", "bi150") else {
