@@ -177,13 +177,18 @@ def _rope(op, ctx):
         ctx.kernels.note("rope", "paddle.incubate fused_rotary_position_embedding")
 
         def fused(env):
+            # The kernel takes tables [1, n, 1, d] over positions 0..n-1 and gathers each
+            # row's positions itself (position_ids [batch, seq]).
             x, pos = args(env)
-            cos, sin = rope_tables(ctx, p.broadcast_to(pos, x.shape[:2]), x.shape[-1],
-                                   a["theta"], a["scaling_factor"])
+            pos = p.broadcast_to(pos, x.shape[:2]).astype("int64")
+            n = max(int(pos.max()) + 1, x.shape[1])
+            cos, sin = rope_tables(ctx, p.arange(n, dtype="int64"), x.shape[-1], a["theta"],
+                                   a["scaling_factor"])
             full = (lambda t: p.concat([t, t], -1)) if neox else (
                 lambda t: p.repeat_interleave(t, 2, axis=-1))
             out = ctx.IF.fused_rotary_position_embedding(
-                x, None, None, sin=full(sin).unsqueeze(2), cos=full(cos).unsqueeze(2),
+                x, None, None, sin=full(sin).reshape([1, n, 1, -1]),
+                cos=full(cos).reshape([1, n, 1, -1]), position_ids=pos,
                 use_neox_rotary_style=neox)
             return [out[0]]
 
