@@ -54,6 +54,7 @@ class Case:
 
 
 QKV = dict(q=f32(2, 3, 4, 8), k=f32(2, 3, 2, 8), v=f32(2, 3, 2, 8))
+CACHE = (f32(2, 2, 10, 8), f32(2, 2, 10, 8), np.array([4, 0], np.int64))
 CASES = [
     *[Case(k, f32(2, 3, 4), f32(4)) for k in ("add", "mul", "sub", "maximum", "minimum")],
     Case("div", f32(2, 3, 4), f32(4, positive=True)), Case("div", i64(2, 3), i64(3) + 1),
@@ -101,6 +102,11 @@ CASES = [
     Case("rope", f32(1, 4, 2, 8), i64(1, 4, high=40), style="interleaved"),
     Case("alibi_bias", i64(2, 6, high=20), num_heads=6), Case("alibi_bias", i64(9), num_heads=5),
     Case("attention", QKV["q"], QKV["k"], QKV["v"]),
+    Case("kv_cache_update", f32(2, 2, 10, 8), f32(2, 2, 3, 8), np.array([4, 7], np.int64)),
+    Case("cached_attention", QKV["q"], QKV["k"], QKV["v"], *CACHE),
+    Case("cached_attention", QKV["q"], QKV["k"], QKV["v"], *CACHE, f32(4, 1, 10), scale=0.3),
+    Case("cached_attention", f32(1, 1, 4, 8), f32(1, 1, 4, 8), f32(1, 1, 4, 8), f32(1, 4, 6, 8),
+         f32(1, 4, 6, 8), np.array([5], np.int64)),
     Case("attention", QKV["q"], QKV["k"], QKV["v"], causal=False),
     Case("attention", f32(2, 2, 4, 8), f32(2, 5, 2, 8), f32(2, 5, 2, 8)),
     Case("attention", f32(2, 5, 6, 16), f32(2, 5, 6, 16), f32(2, 5, 6, 16), f32(2, 6, 1, 5),
@@ -125,9 +131,9 @@ def test_every_lowering_is_tested():
 
 def test_missing_lowering_names_the_op():
     b = Builder("paged")
-    x = b.input("x", DType.f32, (2, 3, 2, 4))
-    b.output(b.op("kv_cache_update", x, x, b.input("n", DType.i64, (2,))))
-    with pytest.raises(LoweringError, match="op 'kv_cache_update' has no Paddle lowering"):
+    x = b.input("x", DType.i32, (2,))
+    b.output(*b.op("blha_get_max_len", x, x, x))
+    with pytest.raises(LoweringError, match="op 'blha_get_max_len' has no Paddle lowering"):
         PaddleProgram(b.graph, {})
 
 
