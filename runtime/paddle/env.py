@@ -1,0 +1,120 @@
+"""Importing Paddle, mapping llmc devices to Paddle places, and choosing kernels.
+
+Paddle is an optional extra (`pip install 'llmc[paddle]'`): it is imported on first use,
+never at module import. Before that first import `MKL_DEBUG_CPU_TYPE=5` is set unless the
+user set it: the MKL bundled with Paddle picks its slow generic code path on AMD CPUs
+(a matmul at 8-16 GFLOP/s instead of ~39, making a training step 3-4x slower); the
+variable makes MKL take its AVX2 path. It only affects MKL, so it is harmless elsewhere.
+
+Kernels are chosen from what the device is known to have, never by trying: a CPU fused
+kernel that is AVX-512 code kills the process with SIGILL on an AVX2 machine, which no
+`try` can catch. `Kernels.report` says which kernel each op kind ran with, and why.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmc.compiler.errors import LlmcError
+
+INSTALL = "pip install 'llmc[paddle]'"
+DEVICES = ("cpu", "gpu", "npu", "mlu", "iluvatar_gpu")
+# The package that gives a Paddle build each device (custom devices are plugins).
+DEVICE_PACKAGES = {
+    "gpu": "paddlepaddle-gpu",
+    "npu": "paddle-custom-npu",
+    "mlu": "paddle-custom-mlu",
+    "iluvatar_gpu": "paddle-iluvatar-gpu",
+}
+CUSTOM_DEVICES = ("npu", "mlu", "iluvatar_gpu")
+
+
+def import_paddle():
+    """The paddle module (MKL_DEBUG_CPU_TYPE set first, see the module doc), or an
+    LlmcError saying how to install it."""
+    os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    try:
+        import paddle
+    except ImportError:
+        raise LlmcError(f"the Paddle runtime needs paddlepaddle: {INSTALL}") from None
+    return paddle
+
+
+def device_available(paddle, device: str) -> bool:
+    """Whether this Paddle build can run on `device`."""
+    if device == "cpu":
+        return True
+    if device == "gpu":
+        return bool(paddle.device.is_compiled_with_cuda()) and paddle.device.cuda.device_count() > 0
+    return device in paddle.device.get_all_custom_device_type()
+
+
+def place_for(device: str):
+    """Select `device` (cpu|gpu|npu|mlu|iluvatar_gpu, optionally `:index`) in Paddle and
+    return its place; a device this build lacks names the package that provides it."""
+    paddle = import_paddle()
+    kind, _, index = device.partition(":")
+    if kind not in DEVICES:
+        raise LlmcError(f"--device must be one of {', '.join(DEVICES)}, got '{device}'")
+    if not device_available(paddle, kind):
+        raise LlmcError(f"device '{kind}' is not available in this Paddle build: install "
+                        f"{DEVICE_PACKAGES[kind]}")
+    paddle.set_device(device if index or kind == "cpu" else f"{kind}:0")
+    return paddle.get_device()
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags of the first core (empty where /proc/cpuinfo is missing)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+@dataclass
+class Kernels:
+    """Which Paddle kernel each op kind runs with on one device.
+
+    `fused_rms_norm`, `fused_rope`: Paddle's incubate fused kernels. `swiglu`: Paddle's
+    swiglu kernel. `sdpa`: F.scaled_dot_product_attention. Each is chosen from the device
+    (and on CPU from its feature flags); `reasons` holds why for the report."""
+
+    device: str
+    fused_rms_norm: bool
+    fused_rope: bool
+    swiglu: bool
+    sdpa: bool
+    reasons: dict[str, str] = field(default_factory=dict)
+    used: dict[str, str] = field(default_factory=dict)
+
+    def note(self, kind: str, kernel: str) -> None:
+        """Record that ops of `kind` run with `kernel` (called by the lowerings)."""
+        self.used[kind] = kernel
+
+    def report(self) -> dict[str, str]:
+        """op kind → 'kernel (why)' for every op kind lowered so far."""
+        return {k: f"{v} ({self.reasons[k]})" if k in self.reasons else v
+                for k, v in sorted(self.used.items())}
+
+
+def choose_kernels(device: str, flags: frozenset[str] | None = None) -> Kernels:
+    """The kernel choice for `device` (cpu|gpu|npu|mlu|iluvatar_gpu); `flags` are the CPU's
+    feature flags (read from /proc/cpuinfo when None)."""
+    kind = device.partition(":")[0]
+    if kind != "cpu":
+        return Kernels(kind, fused_rms_norm=True, fused_rope=True, swiglu=True, sdpa=True,
+                       reasons={k: f"{kind} kernel" for k in ("rms_norm", "rope", "attention")})
+    flags = cpu_flags() if flags is None else flags
+    norm_why = ("Paddle's CPU fused_rms_norm is AVX-512 code (SIGILL here: no avx512f) and "
+                "has no backward" if "avx512f" not in flags else
+                "Paddle's CPU fused_rms_norm has no backward kernel")
+    return Kernels("cpu", fused_rms_norm=False, fused_rope=False, swiglu=True, sdpa=True,
+                   reasons={"rms_norm": norm_why, "add_rms_norm": norm_why,
+                            "lm_head": norm_why, "fused_rms_norm": norm_why,
+                            "rope": "fused_rotary_position_embedding has no CPU kernel"})

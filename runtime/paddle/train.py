@@ -1,0 +1,208 @@
+"""Training steps on a full-form graph lowered to Paddle: causal-LM loss with label masking,
+AdamW (paddle.optimizer.AdamW), warmup + cosine/linear/constant schedules, gradient
+clipping by global norm, gradient accumulation, activation recompute per decoder layer
+(segments.py), a seed.
+
+    trainer = Trainer(graph, weights, TrainConfig(lr=3e-4, total_steps=1000))
+    metrics = trainer.step({"input_ids": ids, "labels": labels})  # one optimizer update
+
+`graph` must return logits for every position (frontends' build_full, or compile's
+build_graph(..., "full", last_token_only=False), optionally through a per-op target's
+pipeline). Labels follow transformers: aligned with input_ids, shifted inside (token t
+predicts label t + 1), -100 (`ignore_index`) masks a position; without labels the
+input_ids are the labels. The loss is the mean over the batch's unmasked tokens,
+whatever the accumulation split.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+import numpy as np
+
+from llmc.compiler.errors import LlmcError
+from llmc.compiler.ir import Graph
+
+from .lower import PaddleProgram
+from .schedule import SCHEDULES, lr_factor
+
+DTYPES = ("float32", "bfloat16")
+
+
+class TrainingError(LlmcError):
+    """A training run that cannot go on (bad config, non-finite loss)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, schedule and step settings. Weight decay applies to matrices (rank >= 2:
+    linears, embeddings), not to norm weights or biases, as transformers' Trainer does."""
+
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    total_steps: int = 1000
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float | None = 1.0
+    accumulation_steps: int = 1
+    dtype: str = "float32"
+    seed: int = 0
+    device: str = "cpu"
+    ignore_index: int = -100
+    recompute: bool = False
+
+    def check(self) -> None:
+        """Refuse settings that cannot train, naming the field."""
+        if self.schedule not in SCHEDULES:
+            raise TrainingError(f"schedule must be one of {', '.join(SCHEDULES)}, "
+                                f"got '{self.schedule}'")
+        if self.dtype not in DTYPES:
+            raise TrainingError(f"dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
+        if self.accumulation_steps < 1 or self.total_steps < 1 or self.warmup_steps < 0:
+            raise TrainingError("accumulation_steps and total_steps must be >= 1, "
+                                "warmup_steps >= 0")
+        if self.lr <= 0 or (self.max_grad_norm is not None and self.max_grad_norm <= 0):
+            raise TrainingError("lr and max_grad_norm must be positive")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (0-based)."""
+        return self.lr * lr_factor(step, schedule=self.schedule, warmup_steps=self.warmup_steps,
+                                   total_steps=self.total_steps, min_lr_ratio=self.min_lr_ratio)
+
+
+def check_training_graph(graph: Graph) -> None:
+    """A training graph takes input_ids and position_ids and returns logits for every one."""
+    names = {v.name: v for v in graph.inputs}
+    if set(names) != {"input_ids", "position_ids"}:
+        raise TrainingError(f"graph @{graph.name} is not a full-form graph (inputs input_ids, "
+                            "position_ids)")
+    logits = graph.outputs[0].type.shape
+    if len(logits) != 3 or logits[1] != names["input_ids"].type.shape[1]:
+        raise TrainingError(f"graph @{graph.name} returns logits {list(logits)}, not one row per "
+                            "input position; build the full form with last_token_only=False")
+
+
+class Trainer:
+    """One optimizer update per `step(batch)` on a graph's weights, in Paddle dygraph."""
+
+    def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], config: TrainConfig,
+                 program: PaddleProgram | None = None):
+        config.check()
+        check_training_graph(graph)
+        self.config = config
+        self.program = program or PaddleProgram(graph, weights, device=config.device)
+        self.paddle = paddle = self.program.paddle
+        if config.dtype == "bfloat16" and config.device.partition(":")[0] == "cpu":
+            raise TrainingError("dtype bfloat16: Paddle's CPU autocast leaves matmuls in float32 "
+                                "(no bf16 CPU autocast); use float32 on cpu")
+        paddle.seed(config.seed)
+        params = self.program.parameters()
+        decayed = {p.name for p in params if p.ndim >= 2}
+        clip = (paddle.nn.ClipGradByGlobalNorm(config.max_grad_norm)
+                if config.max_grad_norm is not None else None)
+        from paddle.base import unique_name
+
+        # Accumulator names come from a process-wide counter (`w_moment1_0`, then `_1` for a
+        # second optimizer); a generator of our own keeps them the same in every run, so a
+        # saved optimizer state loads into a new Trainer.
+        self._names = unique_name.UniqueNameGenerator()
+        self._name_guard = lambda: unique_name.guard(self._names)
+        with self._name_guard():
+            self.optimizer = paddle.optimizer.AdamW(
+                learning_rate=config.lr_at(0), parameters=params, beta1=config.beta1,
+                beta2=config.beta2, epsilon=config.eps, weight_decay=config.weight_decay,
+                apply_decay_param_fun=lambda name: name in decayed, grad_clip=clip)
+        self.step_count = 0
+
+    def loss_sum(self, input_ids, labels):
+        """(sum of the token losses, count of unmasked tokens) of one micro-batch."""
+        p = self.paddle
+        ids = p.to_tensor(np.asarray(input_ids, dtype=np.int64))
+        pos = p.arange(ids.shape[1], dtype="int64").unsqueeze(0).expand(ids.shape)
+        with self._autocast():
+            logits = self.program({"input_ids": ids, "position_ids": pos},
+                                  recompute=self.config.recompute)[0]
+        logits = logits[:, :-1].astype("float32")
+        target = p.to_tensor(np.asarray(labels, dtype=np.int64)[:, 1:])
+        valid = target != self.config.ignore_index
+        safe = p.where(valid, target, p.zeros_like(target))
+        picked = p.take_along_axis(logits, safe.unsqueeze(-1), axis=-1).squeeze(-1)
+        token_loss = (p.logsumexp(logits, axis=-1) - picked) * valid.astype("float32")
+        return token_loss.sum(), int(valid.astype("int64").sum())
+
+    def _autocast(self):
+        return self.paddle.amp.auto_cast(enable=self.config.dtype == "bfloat16",
+                                         dtype="bfloat16", level="O1")
+
+    def step(self, batch: Mapping[str, np.ndarray]) -> dict:
+        """One optimizer update on `batch` ({"input_ids": [b, s], "labels"?: [b, s]}), split
+        into `accumulation_steps` micro-batches of rows; returns the step's metrics."""
+        t0 = time.perf_counter()
+        ids = np.asarray(batch["input_ids"], dtype=np.int64)
+        labels = np.asarray(batch.get("labels", ids), dtype=np.int64)
+        if ids.ndim != 2 or labels.shape != ids.shape:
+            raise TrainingError(f"input_ids must be [batch, seq] and labels the same shape, got "
+                                f"{list(ids.shape)} and {list(labels.shape)}")
+        total = int((labels[:, 1:] != self.config.ignore_index).sum())
+        if total == 0:
+            raise TrainingError("the batch has no unmasked label (every label is ignore_index)")
+        lr = self.config.lr_at(self.step_count)
+        self.optimizer.set_lr(lr)
+        loss = 0.0
+        for rows in np.array_split(np.arange(len(ids)), min(self.config.accumulation_steps,
+                                                             len(ids))):
+            part, _ = self.loss_sum(ids[rows], labels[rows])
+            part = part / total
+            part.backward()
+            loss += float(part)
+        if not math.isfinite(loss):
+            self.optimizer.clear_grad()
+            raise TrainingError(f"loss is {loss} at step {self.step_count + 1}; stopping "
+                                "(weights not updated)")
+        norm = self.grad_norm()
+        with self._name_guard():
+            self.optimizer.step()
+        self.optimizer.clear_grad()
+        self.step_count += 1
+        dt = time.perf_counter() - t0
+        return {"step": self.step_count, "loss": loss, "lr": lr, "grad_norm": norm,
+                "tokens": int(ids.size), "seconds": dt, "tokens_per_s": ids.size / dt}
+
+    def grad_norm(self) -> float:
+        """The global L2 norm of the gradients (before clipping)."""
+        sq = [float((g * g).sum()) for g in (p.grad for p in self.program.parameters())
+              if g is not None]
+        return math.sqrt(sum(sq))
+
+    def state_dict(self) -> dict:
+        """What resuming needs, as numpy: {"step", "weights" (by graph name), "optimizer"
+        (AdamW moments and beta powers by Paddle's accumulator names)}."""
+        opt = {k: v.numpy() if isinstance(v, self.paddle.Tensor) else v
+               for k, v in self.optimizer.state_dict().items()}
+        return {"step": self.step_count, "weights": self.program.state_dict(), "optimizer": opt}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Continue from `state_dict()` of a Trainer of the same graph (before any step)."""
+        if self.step_count:
+            raise TrainingError("load_state_dict: this trainer has already stepped")
+        missing = set(self.program.params) ^ set(state["weights"])
+        if missing:
+            raise TrainingError(f"load_state_dict: the state is of another model (parameter "
+                                f"{sorted(missing)[0]} differs)")
+        for name, arr in state["weights"].items():
+            self.program.params[name].set_value(np.asarray(arr))
+        self.optimizer.set_state_dict({k: self.paddle.to_tensor(v) if isinstance(v, np.ndarray)
+                                       else v for k, v in state["optimizer"].items()})
+        self.step_count = int(state["step"])
+
+    def describe(self) -> dict:
+        """The config and the kernels used, for logs and metrics files."""
+        return {"config": asdict(self.config), "kernels": self.program.kernels.report(),
+                "device": str(self.program.place)}
