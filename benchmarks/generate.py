@@ -54,7 +54,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prompts", default=None, help="prompt lengths, e.g. 128,1024")
     ap.add_argument("--batches", default=None, help="batch sizes, e.g. 1,8")
     ap.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per row (64)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per case, best kept (1)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="back-to-back runs per case inside a peer's process, best kept (1)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="times the whole peer sequence runs, interleaved, best kept (1)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     ap.add_argument("--check", action="store_true",
                     help="only verify the F32 GGUF conversion against transformers (tiny model)")
@@ -62,7 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.peers = _choose(args.peers, ALL_PEERS, "--peers")
     default_models = "llama-134m" if args.quick else ",".join(BENCH_MODELS)
     args.models = _choose(args.models or default_models, list(MODEL_CONFIGS), "--models")
-    args.prompts = [int(x) for x in (args.prompts or ("128" if args.quick else "128,1024")).split(",")]
+    prompts = args.prompts or ("128" if args.quick else "128,1024")
+    args.prompts = [int(x) for x in prompts.split(",")]
     args.batches = [int(x) for x in (args.batches or ("1" if args.quick else "1,8")).split(",")]
     return args
 
@@ -121,21 +125,40 @@ def cases_for(args: argparse.Namespace) -> list[Case]:
 
 
 def bench_model(model: str, args: argparse.Namespace, floor: dict | None) -> list[dict]:
-    """All peers on one model; rows with metrics, floor and llmc ratios, HF agreement."""
+    """All peers on one model, ``--rounds`` times interleaved (best per case kept, so drift
+    on a shared machine hits every peer alike); rows with metrics, ratios, HF agreement."""
     hf_dir = write_checkpoint(model)
     cfg, cases = hf_config(model), cases_for(args)
+    peers = [p for p in GENERATION_PEERS if p in args.peers]
     results: dict[str, dict[str, Any]] = {}
-    for peer in [p for p in GENERATION_PEERS if p in args.peers]:
-        progress(f"{model}: {peer}")
+    for peer in peers:
         try:
             prepare(peer, hf_dir)
-            results[peer] = run_worker(peer, hf_dir, cases, args.repeat)
         except PeerUnavailable as e:
             results[peer] = {"unavailable": str(e)}
-        status = results[peer].get("unavailable") or results[peer].get("error")
-        if status:
-            progress(f"{model}: {peer} skipped: {status}")
-    return assemble_rows(model, cfg, cases, results, floor)
+    for rnd in range(args.rounds):
+        for peer in [p for p in peers if "unavailable" not in results.get(p, {})]:
+            progress(f"{model}: {peer} (round {rnd + 1}/{args.rounds})")
+            results[peer] = keep_best(results.get(peer), run_worker(peer, hf_dir, cases,
+                                                                    args.repeat))
+    for peer, res in results.items():
+        if "results" not in res:
+            progress(f"{model}: {peer} skipped: {res.get('unavailable') or res.get('error')}")
+    return assemble_rows(model, cfg, cases, {p: results[p] for p in peers}, floor)
+
+
+def keep_best(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """Merge two worker results of the same cases, keeping each case's faster timing."""
+    if not old or "results" not in old:
+        return new
+    if "results" not in new:
+        return old
+    def total(entry: dict[str, Any]) -> float:
+        return entry["ttft_s"] + entry["decode_s"]
+
+    old["results"] = [n if total(n) < total(o) else o
+                      for o, n in zip(old["results"], new["results"])]
+    return old
 
 
 def assemble_rows(model: str, cfg: dict, cases: list[Case], results: dict[str, dict],

@@ -11,7 +11,7 @@ from .common import PeerUnavailable
 
 PROMPT = [1, 300, 17, 42, 99, 260, 7, 500, 3, 280, 123, 64]
 GREEDY_TOKENS = 16
-LOGIT_TOL = 1e-3
+LOGIT_TOL = 1e-5  # fp32 end to end; an unpermuted q/k is off by ~1e-2
 
 
 def _transformers_reference(hf_dir: Path) -> tuple[Any, list[int]]:
@@ -30,7 +30,8 @@ def _transformers_reference(hf_dir: Path) -> tuple[Any, list[int]]:
 
 def compare_gguf_with_transformers(cache: Path) -> dict[str, Any]:
     """Write the tiny checkpoint and its GGUF under ``cache``; compare llama.cpp (F32 KV
-    cache) with transformers. Raises PeerUnavailable when a package is missing."""
+    cache, no flash attention) with transformers. Raises PeerUnavailable when a package is
+    missing."""
     try:
         import gguf  # noqa: F401
         import llama_cpp  # noqa: F401
@@ -43,7 +44,7 @@ def compare_gguf_with_transformers(cache: Path) -> dict[str, Any]:
 
     hf_dir = write_checkpoint("tiny", cache)
     ref_logits, ref_tokens = _transformers_reference(hf_dir)
-    runner = LlamaCpp(gguf_path(hf_dir), len(PROMPT) + GREEDY_TOKENS, kv_f32=True)
+    runner = LlamaCpp(gguf_path(hf_dir), len(PROMPT) + GREEDY_TOKENS, exact=True)
     logits = runner.logits(PROMPT)
     tokens = runner.generate([PROMPT], GREEDY_TOKENS).tokens[0]
     diff = float(np.abs(logits - ref_logits).max())

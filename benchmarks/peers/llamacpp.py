@@ -1,7 +1,8 @@
 """llama.cpp through llama-cpp-python's low-level API on the F32 GGUF of the same weights:
 one llama_decode for the whole (batched) prompt, then one per step with a token per
 sequence; greedy = argmax of the returned logits; 2 threads; llama.cpp's default context
-settings otherwise (F16 KV cache unless ``kv_f32``)."""
+settings otherwise (flash attention auto, F16 KV cache), unless ``exact``: F32 KV and no
+flash attention (its CPU kernel rounds through F16), for the conversion check."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .common import THREADS, PeerUnavailable, Timing
+
+FLASH_ATTN_DISABLED = 0  # enum llama_flash_attn_type: -1 auto, 0 disabled, 1 enabled
 
 
 def gguf_path(hf_dir: Path) -> Path:
@@ -29,15 +32,16 @@ def _quiet_logs(lc: Any) -> None:
 class LlamaCpp:
     """A loaded GGUF plus one context per batch size (``n_seq_max`` = batch)."""
 
-    def __init__(self, gguf: Path, max_len: int, kv_f32: bool = False) -> None:
+    def __init__(self, gguf: Path, max_len: int, exact: bool = False) -> None:
         try:
             import llama_cpp as lc
         except ImportError as e:
             raise PeerUnavailable(f"llama-cpp-python not installed ({e})") from e
-        self.lc, self.max_len, self.kv_f32 = lc, max_len, kv_f32
+        self.lc, self.max_len, self.exact = lc, max_len, exact
         _quiet_logs(lc)
         lc.llama_backend_init()
-        self.model = lc.llama_model_load_from_file(str(gguf).encode(), lc.llama_model_default_params())
+        self.model = lc.llama_model_load_from_file(str(gguf).encode(),
+                                                   lc.llama_model_default_params())
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {gguf}")
         self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
@@ -56,8 +60,9 @@ class LlamaCpp:
         params.n_batch = self.max_len * batch
         params.n_seq_max = batch
         params.n_threads = params.n_threads_batch = THREADS
-        if self.kv_f32:
+        if self.exact:
             params.type_k = params.type_v = lc.GGML_TYPE_F32
+            params.flash_attn_type = FLASH_ATTN_DISABLED
         self.ctx, self.ctx_batch = lc.llama_init_from_model(self.model, params), batch
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create a context")

@@ -31,12 +31,14 @@ def metrics(entry: dict[str, Any]) -> dict[str, float]:
 
 
 def leading_agreement(tokens: list[list[int]], reference: list[list[int]]) -> str:
-    """How many leading greedy tokens of row 0 equal the reference's, as ``k/n``."""
-    mine, ref = tokens[0], reference[0]
-    k = 0
-    while k < min(len(mine), len(ref)) and mine[k] == ref[k]:
-        k += 1
-    return f"{k}/{len(ref)}"
+    """Leading greedy tokens equal to the reference's, summed over rows, as ``k/n``."""
+    same = total = 0
+    for mine, ref in zip(tokens, reference):
+        k = 0
+        while k < min(len(mine), len(ref)) and mine[k] == ref[k]:
+            k += 1
+        same, total = same + k, total + len(ref)
+    return f"{same}/{total}"
 
 
 def _fmt(x: float | None, digits: int = 1) -> str:
@@ -95,9 +97,9 @@ def markdown(run: dict[str, Any]) -> str:
         "tokens ÷ time to first token; peak RSS: VmHWM of the peer's own process, reset after "
         "loading (so: generation only). Floor: decode streams the non-embedding fp32 weights "
         "once per step at the gemv bandwidth (or its FLOPs at sgemm rate if larger); prefill "
-        "does its unavoidable FLOPs at sgemm rate. greedy = HF: leading row-0 tokens equal to "
-        "transformers'. The machine is shared: figures drift run to run, only same-run "
-        "ratios count.",
+        "does its unavoidable FLOPs at sgemm rate. greedy = HF: leading tokens equal to "
+        "transformers', summed over rows. The machine is shared: figures drift run to run, "
+        "only same-run ratios count.",
         "",
     ]
     return "\n".join(lines)
