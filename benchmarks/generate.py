@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -27,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers.checkpoint import hf_config, write_checkpoint  # noqa: E402
+from peers.checkpoint import hf_config, tensor_shapes, write_checkpoint  # noqa: E402
 from peers.common import (BENCH_DIR, MODEL_CONFIGS, RESULTS_DIR, THREADS, Case,  # noqa: E402
                           PeerUnavailable, pin_threads, progress)
 from peers.floor import floor_rates  # noqa: E402
@@ -165,13 +166,14 @@ def assemble_rows(model: str, cfg: dict, cases: list[Case], results: dict[str, d
                   floor: dict | None) -> list[dict]:
     """One row per case and peer (plus the floor's), ratios filled in."""
     rows = []
+    weights_mb = 4 * sum(math.prod(s) for s in tensor_shapes(cfg).values()) / 2**20
     for i, case in enumerate(cases):
         rates = floor_rates(cfg, case, floor) if floor else None
         by_peer = {p: r["results"][i] for p, r in results.items() if "results" in r}
         llmc = metrics(by_peer["llmc"]) if "llmc" in by_peer else None
         for peer, res in results.items():
             row = {"model": model, "case": case.label, "peer": peer, "llmc_metrics": llmc,
-                   "floor": rates}
+                   "floor": rates, "weights_mb": weights_mb}
             if peer not in by_peer:
                 row["status"] = "not run: " + (res.get("unavailable") or res.get("error", "?"))
             else:

@@ -13,6 +13,11 @@ PEER_TITLES = {
     "ortgenai": "onnxruntime-genai fp32",
     "floor": "floor (bandwidth / sgemm)",
 }
+PEER_NOTES = {
+    "hf": "torch eager mode, default (sdpa) attention, DynamicCache",
+    "llamacpp": "llama.cpp defaults: flash attention auto, F16 KV cache",
+    "ortgenai": "model builder fp32 cpu: GQA, shared past/present buffer",
+}
 
 
 def metrics(entry: dict[str, Any]) -> dict[str, float]:
@@ -57,17 +62,36 @@ def table_rows(run: dict[str, Any]) -> list[str]:
         title = PEER_TITLES.get(row["peer"], row["peer"])
         head = f"| {row['model']} | {row['case']} | {title} |"
         if m is None:
-            rows.append(head + f" {row['status']} |" + " |" * 9)
+            rows.append(head + f" {row['status']} |" + " |" * 10)
             continue
         rows.append(head + " " + " | ".join([
             _fmt(m["decode_tok_s"]), _fmt(m["prefill_tok_s"]), _fmt(m["ttft_ms"], 0),
             _fmt(m["ms_per_step"], 2), _fmt(m.get("peak_rss_mb"), 0),
+            _ratio(m.get("peak_rss_mb"), row.get("weights_mb")),
             _ratio(m["decode_tok_s"], floor and floor["decode_tok_s"]),
             _ratio(llmc and llmc["decode_tok_s"], m["decode_tok_s"]),
             _ratio(llmc and llmc["prefill_tok_s"], m["prefill_tok_s"]),
-            row.get("agree_hf", "—"), row.get("note", ""),
+            row.get("agree_hf", "—"), row.get("note") or PEER_NOTES.get(row["peer"], ""),
         ]) + " |")
     return rows
+
+
+def context_scaling(run: dict[str, Any]) -> list[str]:
+    """Per model, peer and batch: decode ms/step at the longest prompt ÷ at the shortest."""
+    steps: dict[tuple[str, str, int], dict[int, float]] = {}
+    for row in run["rows"]:
+        if row.get("metrics") and row["peer"] != "floor":
+            case = Case(**row["raw"]["case"])
+            key = (row["model"], row["peer"], case.batch)
+            steps.setdefault(key, {})[case.prompt_len] = row["metrics"]["ms_per_step"]
+    lines = []
+    for (model, peer, batch), by_len in steps.items():
+        if len(by_len) > 1:
+            lo, hi = min(by_len), max(by_len)
+            lines.append(f"- {model} {PEER_TITLES.get(peer, peer)} batch {batch}: decode "
+                         f"ms/step at prompt {hi} ÷ at prompt {lo} = "
+                         f"{by_len[hi] / by_len[lo]:.2f}×")
+    return lines
 
 
 def markdown(run: dict[str, Any]) -> str:
@@ -87,15 +111,17 @@ def markdown(run: dict[str, Any]) -> str:
         "measurement only)",
         "",
         "| model | case | peer | decode tok/s | prefill tok/s | TTFT ms | ms/step | "
-        "peak RSS MiB | decode ÷ floor | llmc ÷ peer decode | llmc ÷ peer prefill | "
-        "greedy = HF | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "peak RSS MiB | RSS ÷ weights | decode ÷ floor | llmc ÷ peer decode | "
+        "llmc ÷ peer prefill | greedy = HF | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *table_rows(run),
+        "",
+        *context_scaling(run),
         "",
         "Case pP/nN/bB: prompt P tokens, N new tokens greedy, batch B (equal-length rows).",
         "decode tok/s: all rows, the N-1 steps after the first token; prefill tok/s: prompt "
         "tokens ÷ time to first token; peak RSS: VmHWM of the peer's own process, reset after "
-        "loading (so: generation only). Floor: decode streams the non-embedding fp32 weights "
+        "loading (so: generation only), ÷ all fp32 weight bytes (embedding included). Floor: decode streams the non-embedding fp32 weights "
         "once per step at the gemv bandwidth (or its FLOPs at sgemm rate if larger); prefill "
         "does its unavoidable FLOPs at sgemm rate. greedy = HF: leading tokens equal to "
         "transformers', summed over rows. The machine is shared: figures drift run to run, "
