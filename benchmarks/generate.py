@@ -215,6 +215,7 @@ def environment() -> dict[str, Any]:
             versions[pkg] = "not installed"
     blas_env = {k: os.environ.get(k, "unset") for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     return {"cpu": cpu, "cores": os.cpu_count(), "mem_gb": round(mem_kb / 2**20),
+            "loadavg_1m_at_start": os.getloadavg()[0],
             "python": platform.python_version(), "packages": versions, "blas_env": blas_env}
 
 

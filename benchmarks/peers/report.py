@@ -54,6 +54,12 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "—" if a is None or b is None or b == 0 else f"{a / b:.2f}×"
 
 
+def _note(row: dict[str, Any]) -> str:
+    note = row.get("note") or PEER_NOTES.get(row["peer"], "")
+    load = (row.get("raw") or {}).get("loadavg_1m")
+    return note if load is None else f"{note}; load avg {load:.1f}"
+
+
 def table_rows(run: dict[str, Any]) -> list[str]:
     """Markdown rows: one per model, case and peer, with ratios to the floor and llmc."""
     rows = []
@@ -71,7 +77,7 @@ def table_rows(run: dict[str, Any]) -> list[str]:
             _ratio(m["decode_tok_s"], floor and floor["decode_tok_s"]),
             _ratio(llmc and llmc["decode_tok_s"], m["decode_tok_s"]),
             _ratio(llmc and llmc["prefill_tok_s"], m["prefill_tok_s"]),
-            row.get("agree_hf", "—"), row.get("note") or PEER_NOTES.get(row["peer"], ""),
+            row.get("agree_hf", "—"), _note(row),
         ]) + " |")
     return rows
 
@@ -101,7 +107,9 @@ def markdown(run: dict[str, Any]) -> str:
         f"# Generation benchmark ({run['mode']}) — {run['started']}",
         "",
         f"machine: {env['cpu']}, {env['cores']} cores, {env['mem_gb']} GiB; "
-        f"{run['threads']} threads per peer; python {env['python']}",
+        f"{run['threads']} threads per peer; python {env['python']}; 1-minute load average "
+        f"at start {env.get('loadavg_1m_at_start', 0):.1f} (the note column gives it after "
+        "each case: above the core count, other processes competed)",
         f"packages: {', '.join(f'{k} {v}' for k, v in env['packages'].items())}",
         f"env: {env['blas_env']}",
         "",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 import traceback
@@ -45,6 +46,9 @@ def time_case(generate, case: Case, vocab: int, repeat: int) -> dict[str, Any]:
         "case": case.__dict__, "ttft_s": best.ttft_s, "decode_s": best.decode_s,
         "tokens": best.tokens, "peak_rss_mb": peak_rss_mb(),
         "peak_is_generation_only": reset_ok,
+        # 1-minute load average right after the case: above the core count, other
+        # processes competed for the cores (spinning thread pools suffer most)
+        "loadavg_1m": os.getloadavg()[0],
     }
 
 
