@@ -43,15 +43,16 @@ PACKAGES = ["numpy", "torch", "transformers", "onnxruntime", "onnxruntime-genai"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.splitlines()[2:]))
+    summary, _, usage = __doc__.partition("\n\n")
+    ap = argparse.ArgumentParser(description=summary, epilog=usage,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="134M only, prompt 128, batch 1 (a fast same-run comparison)")
     ap.add_argument("--peers", default=",".join(ALL_PEERS),
                     help=f"comma-separated subset of {','.join(ALL_PEERS)} (default: all)")
     ap.add_argument("--models", default=None,
-                    help=f"comma-separated subset of {','.join(BENCH_MODELS)}")
+                    help=f"comma-separated subset of {','.join(BENCH_MODELS)} "
+                    "(or tiny, a 2-layer model for trying the harness)")
     ap.add_argument("--prompts", default=None, help="prompt lengths, e.g. 128,1024")
     ap.add_argument("--batches", default=None, help="batch sizes, e.g. 1,8")
     ap.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per row (64)")
