@@ -113,7 +113,7 @@ def markdown(run: dict[str, Any]) -> str:
         f"packages: {', '.join(f'{k} {v}' for k, v in env['packages'].items())}",
         f"env: {env['blas_env']}",
         "",
-        f"floor, measured in this run: gemv {_fmt(floor.get('gemv_gb_s'))} GB/s, "
+        f"floor, measured in this run (best of its rounds): gemv {_fmt(floor.get('gemv_gb_s'))} GB/s, "
         f"copy {_fmt(floor.get('copy_gb_s'))} GB/s, sgemm {_fmt(floor.get('sgemm_gflop_s'))} "
         f"GFLOP/s (numpy, BLAS {floor.get('blas')}, OPENBLAS_CORETYPE unset for this "
         "measurement only)",
