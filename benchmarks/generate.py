@@ -37,6 +37,12 @@ from peers.report import leading_agreement, markdown, metrics  # noqa: E402
 GENERATION_PEERS = ["hf", "llamacpp", "ortgenai", "llmc"]
 ALL_PEERS = GENERATION_PEERS + ["floor"]
 BENCH_MODELS = ["llama-134m", "llama-1.1b"]
+# OpenMP pools (llama.cpp's, torch's) spin at their barriers: fastest on idle cores, up to
+# ~30x slower when another process takes a core (llama.cpp, measured here on the shared
+# machine). Each case keeps the better of default and passive waiting, so the comparison
+# is with the peer at its best in the conditions of the moment.
+PASSIVE_OMP = {"OMP_WAIT_POLICY": "passive"}
+ENV_VARIANTS = {"llamacpp": [{}, PASSIVE_OMP], "hf": [{}, PASSIVE_OMP]}
 PACKAGES = ["numpy", "torch", "transformers", "onnxruntime", "onnxruntime-genai",
             "llama_cpp_python", "gguf"]
 
@@ -93,16 +99,21 @@ def worker_env(peer: str) -> dict[str, str]:
     return env
 
 
-def run_worker(peer: str, hf_dir: Path | None, cases: list[Case], repeat: int) -> dict[str, Any]:
-    """Run ``peers.worker`` for one peer and model in a fresh process; its JSON result."""
+def run_worker(peer: str, hf_dir: Path | None, cases: list[Case], repeat: int,
+               extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``peers.worker`` for one peer and model in a fresh process; its JSON result, each
+    case tagged with ``extra_env``."""
     cmd = [sys.executable, "-m", "peers.worker", peer, str(hf_dir or ""),
            json.dumps([c.__dict__ for c in cases]), str(repeat)]
-    proc = subprocess.run(cmd, cwd=BENCH_DIR, env=worker_env(peer), stdout=subprocess.PIPE,
-                          text=True)
+    env = {**worker_env(peer), **(extra_env or {})}
+    proc = subprocess.run(cmd, cwd=BENCH_DIR, env=env, stdout=subprocess.PIPE, text=True)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         return {"error": f"worker exited {proc.returncode} (killed? out of memory?)"}
-    return json.loads(lines[-1])
+    result = json.loads(lines[-1])
+    for entry in result.get("results", []):
+        entry["env"] = extra_env or {}
+    return result
 
 
 def prepare(peer: str, hf_dir: Path) -> None:
@@ -154,9 +165,11 @@ def bench_model(model: str, args: argparse.Namespace, run: dict[str, Any]) -> li
         if "floor" in args.peers:
             run["floor_measured"] = measure_floor(run.get("floor_measured"))
         for peer in [p for p in peers if "unavailable" not in results.get(p, {})]:
-            progress(f"{model}: {peer} (round {rnd + 1}/{args.rounds})")
-            results[peer] = keep_best(results.get(peer), run_worker(peer, hf_dir, cases,
-                                                                    args.repeat))
+            for extra_env in ENV_VARIANTS.get(peer, [{}]):
+                tag = "".join(f"{k}={v} " for k, v in extra_env.items())
+                progress(f"{model}: {peer} {tag}(round {rnd + 1}/{args.rounds})")
+                results[peer] = keep_best(results.get(peer), run_worker(
+                    peer, hf_dir, cases, args.repeat, extra_env))
     for peer, res in results.items():
         if "results" not in res:
             progress(f"{model}: {peer} skipped: {res.get('unavailable') or res.get('error')}")

@@ -56,7 +56,10 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 def _note(row: dict[str, Any]) -> str:
     note = row.get("note") or PEER_NOTES.get(row["peer"], "")
-    load = (row.get("raw") or {}).get("loadavg_1m")
+    raw = row.get("raw") or {}
+    if raw.get("env"):
+        note += "; " + " ".join(f"{k}={v}" for k, v in raw["env"].items())
+    load = raw.get("loadavg_1m")
     return note if load is None else f"{note}; load avg {load:.1f}"
 
 
