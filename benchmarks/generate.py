@@ -128,6 +128,10 @@ def prepare(peer: str, hf_dir: Path) -> None:
             from peers.ort_genai import build
 
             build(hf_dir, hf_dir.parent / "ort-genai")
+        elif peer == "llmc":
+            from peers.llmc_ort import build as build_llmc
+
+            build_llmc(hf_dir)
     except ImportError as e:
         raise PeerUnavailable(f"conversion package missing ({e})") from e
 

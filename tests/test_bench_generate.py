@@ -1,6 +1,6 @@
 """The cheap parts of benchmarks/generate.py: HF->GGUF rope permutation, the F32 GGUF's
 contents, llama.cpp agreeing with transformers on it (when the bench extra is installed),
-the floor arithmetic, and the llmc row when llmc's ONNX Runtime runtime is missing."""
+the floor arithmetic, and the llmc row's adapter against transformers."""
 
 import importlib.util
 import json
@@ -93,13 +93,23 @@ def test_metrics_and_agreement():
     assert report.leading_agreement([[1, 2, 3, 9], [5, 6]], [[1, 2, 4, 9], [5, 6]]) == "4/6"
 
 
-def test_llmc_row_says_not_available_when_runtime_missing(tmp_path, monkeypatch):
-    from peers import llmc_ort
-    from peers.common import PeerUnavailable
+def test_llmc_peer_generates_what_transformers_generates(tmp_path):
+    """The llmc row's adapter (compile + export through the CLI, OrtCausalLM, greedy) on the
+    tiny benchmark checkpoint: a batch of 2 equal-length prompts, 8 tokens each, = HF."""
+    import torch
+    import transformers
 
-    monkeypatch.setattr(llmc_ort, "RUNTIME_MODULE", "llmc.runtime.no_such_runtime")
-    with pytest.raises(PeerUnavailable, match="not available yet"):
-        llmc_ort.load(tmp_path, 16, 1)
+    from peers import llmc_ort
+
+    hf_dir = checkpoint.write_checkpoint("tiny", tmp_path)
+    generate = llmc_ort.load(hf_dir, 32, 2)
+    prompts = [[5, 9, 17, 33], [40, 2 + 1, 7, 11]]
+    timing = generate(prompts, 8)
+    model = transformers.LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    with torch.no_grad():
+        want = model.generate(torch.tensor(prompts), max_new_tokens=8, min_new_tokens=8,
+                              do_sample=False)[:, 4:].tolist()
+    assert timing.tokens == want and timing.ttft_s > 0 and timing.decode_s > 0
 
 
 @pytest.mark.skipif(not _has("gguf"), reason="gguf not installed (bench extra)")

@@ -1,50 +1,65 @@
-"""llmc on ONNX Runtime: the one adapter the benchmark calls for llmc.
+"""llmc on ONNX Runtime, the way a user runs it: `llmc compile MODEL --target cpu` (the
+cache form), `llmc export ART --format onnx`, then the ONNX Runtime backend of the
+generation engine (runtime/onnx/session.py `OrtCausalLM`: 2 intra-op threads, KV buffers
+bound as past and present through IOBinding) with greedy argmax, like the other peers.
 
-``llmc_onnxruntime(model_dir, prompt_ids, new_tokens, batch) -> Timing`` is the whole
-contract. Until llmc's ONNX Runtime runtime and generation engine land it raises
-PeerUnavailable, and the llmc row of the table says why instead of a number.
-"""
+``build`` runs in the benchmark's parent process (as the other peers' converters do), so
+the timed process only loads."""
 
 from __future__ import annotations
 
-import importlib
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Callable
 
-from .common import PeerUnavailable, Timing
-
-RUNTIME_MODULE = "llmc.runtime.onnx"
+from .common import THREADS, PeerUnavailable, Timing, progress
 
 
-def runtime_module():
-    """Import llmc's ONNX Runtime runtime, or raise PeerUnavailable naming what is missing."""
-    try:
-        return importlib.import_module(RUNTIME_MODULE)
-    except ImportError as e:
-        raise PeerUnavailable(f"llmc ONNX Runtime runtime not available yet ({e})") from e
-
-
-def llmc_onnxruntime(
-    model_dir: Path, prompt_ids: list[list[int]], new_tokens: int, batch: int
-) -> Timing:
-    """Greedy-generate ``new_tokens`` for ``batch`` rows of ``prompt_ids`` with llmc (cpu
-    target, onnxruntime, 2 intra-op threads) on the HF checkpoint in ``model_dir``.
-
-    Wiring left to the runtime's owner: compile ``model_dir`` for the cpu target once
-    (cache the session per model_dir), then time prompt-in to first-token-out as ttft_s and
-    the remaining new_tokens-1 steps as decode_s, returning the generated ids per row.
-    """
-    runtime_module()
-    raise PeerUnavailable(
-        f"{RUNTIME_MODULE} imports, but benchmarks/peers/llmc_ort.py is not wired to it yet"
-    )
+def build(hf_dir: Path) -> Path:
+    """Compile `hf_dir` for the cpu target and export it to ONNX once; the model path."""
+    art, onnx_dir = hf_dir.parent / "llmc-cpu", hf_dir.parent / "llmc-onnx"
+    model = onnx_dir / "model.onnx"
+    weights = hf_dir / "model.safetensors"
+    if model.exists() and model.stat().st_mtime >= weights.stat().st_mtime:
+        return model
+    progress(f"llmc compile + export: {hf_dir} -> {onnx_dir}")
+    for cmd in (["compile", str(hf_dir), "--target", "cpu", "-o", str(art), "--force"],
+                ["export", str(art), "--format", "onnx", "-o", str(onnx_dir), "--force"]):
+        run = subprocess.run([sys.executable, "-m", "llmc", *cmd], capture_output=True, text=True)
+        if run.returncode != 0:
+            tail = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise PeerUnavailable(f"llmc {cmd[0]} failed: {tail[0]}")
+    return model
 
 
 def load(model_dir: Path, max_len: int, max_batch: int) -> Callable[[list[list[int]], int], Timing]:
-    """Worker entry: fail early when the runtime is missing, else call the adapter."""
-    runtime_module()
+    """Open the exported model; return ``generate(prompts, new_tokens)``."""
+    try:
+        import numpy as np
+
+        from llmc.runtime.onnx.session import OrtCausalLM
+    except ImportError as e:
+        raise PeerUnavailable(f"llmc's ONNX Runtime backend is not importable ({e})") from e
+    model = OrtCausalLM(build(model_dir), provider="cpu", threads=THREADS)
 
     def generate(prompts: list[list[int]], new_tokens: int) -> Timing:
-        return llmc_onnxruntime(model_dir, prompts, new_tokens, len(prompts))
+        batch = len(prompts)
+        cache = model.new_cache(batch, max(len(p) for p in prompts) + new_tokens)
+        t0 = time.perf_counter()
+        # each prompt is prefilled alone at its own length (no compute on padding)
+        last = np.array([int(model.forward(cache, [i], np.array([p], np.int64),
+                                           np.array([0], np.int64))[0].argmax())
+                         for i, p in enumerate(prompts)], np.int64)
+        steps, lens, rows = [last.tolist()], np.array([len(p) for p in prompts], np.int64), \
+            list(range(batch))
+        t1 = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            last = model.forward(cache, rows, last[:, None], lens).argmax(-1).astype(np.int64)
+            lens += 1
+            steps.append(last.tolist())
+        t2 = time.perf_counter()
+        return Timing(ttft_s=t1 - t0, decode_s=t2 - t1, tokens=[list(r) for r in zip(*steps)])
 
     return generate
