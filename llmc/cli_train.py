@@ -35,6 +35,12 @@ def _report_skipped(stats) -> None:
         _err(f"warning: skipped {stats.skipped_lines} bad line(s); first: {stats.errors[0]}")
 
 
+def _need_dir(command: str, flag: str, path: Path | None) -> None:
+    if path is not None and not path.is_dir():
+        why = "is not a directory" if path.exists() else "no such directory"
+        raise LlmcError(f"{command}: {flag} {path}: {why}")
+
+
 # ---- merge ------------------------------------------------------------------------------
 
 
@@ -147,7 +153,7 @@ def _eval_texts(model, data: Path, window: int, stride: int, on_error: str, json
         r = perplexity(model, texts, window, stride)
     doc = {**extra, "data": str(data), "loss": r.loss, "perplexity": r.perplexity,
            "tokens": r.tokens, "texts": r.texts, "windows": r.windows, "window": window,
-           "stride": stride, "skipped_lines": stats.skipped_lines}
+           "stride": stride, "skipped_lines": stats.skipped_lines, "errors": stats.errors}
     if json_out:
         echo_json(doc)
         return
@@ -214,8 +220,7 @@ def eval_(
         outs = [output / "summary.json", output / "predictions.json"]
         refuse_overwriting_inputs(outs, dirs=[model, adapter, ceval_dir], force=force)
     for flag, d in (("MODEL", model), ("--adapter", adapter), ("--ceval", ceval_dir)):
-        if d is not None and not d.is_dir():
-            raise LlmcError(f"eval: {flag} {d}: no such directory")
+        _need_dir("eval", flag, d)
     evaluated = EvalModel.from_dir(model, adapter)
     if mode == "data":
         _eval_texts(evaluated, data, window, stride, on_error or "fail", json_out, extra)
@@ -255,13 +260,13 @@ def prepare(
     prefix = strip_prefix(output)
     outs = [Path(prefix + ".bin"), Path(prefix + ".idx")]
     refuse_overwriting_inputs(outs, files=[corpus], dirs=[tokenizer], force=force)
-    if not tokenizer.is_dir():
-        raise LlmcError(f"data prepare: --tokenizer {tokenizer}: no such directory")
+    _need_dir("data prepare", "--tokenizer", tokenizer)
     r = prepare_corpus(corpus, prefix, load_tokenizer(tokenizer), on_error=on_error or "fail",
                        append_eos=append_eos)
     _report_skipped(r.stats)
     doc = {"bin": str(r.bin_path), "idx": str(r.idx_path), "documents": r.documents,
-           "tokens": r.tokens, "dtype": str(r.dtype), "skipped_lines": r.stats.skipped_lines}
+           "tokens": r.tokens, "dtype": str(r.dtype), "skipped_lines": r.stats.skipped_lines,
+           "errors": r.stats.errors}
     if json_out:
         echo_json(doc)
     else:

@@ -132,7 +132,9 @@ def test_eval_bad_data_line(monkeypatch, capsys, base, tmp_path):
     code, out, err = run_cli(monkeypatch, capsys, "eval", base, "--data", bad, "--json",
                              "--on-error", "skip")
     assert code == 0, err
-    assert json.loads(out)["skipped_lines"] == 2 and json.loads(out)["texts"] == 1
+    doc = json.loads(out)
+    assert doc["skipped_lines"] == 2 and doc["texts"] == 1
+    assert doc["errors"][1] == f"{bad}:3: field 'text' must be a string, got missing"
     assert err.startswith("warning: skipped 2 bad line(s); first: ") and ":2:" in err
 
 
@@ -158,7 +160,10 @@ def test_eval_flag_errors(monkeypatch, capsys, base, tmp_path, args, needle):
 
 def test_eval_missing_model_dir(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "eval", tmp_path / "nope", "--data", "x.jsonl")
-    one_line_error(code, err, "MODEL")
+    one_line_error(code, err, f"eval: MODEL {tmp_path / 'nope'}: no such directory")
+    (tmp_path / "f").write_text("")
+    code, _, err = run_cli(monkeypatch, capsys, "eval", tmp_path / "f", "--data", "x.jsonl")
+    one_line_error(code, err, f"eval: MODEL {tmp_path / 'f'}: is not a directory")
 
 
 # ---- eval --ceval -----------------------------------------------------------------------
