@@ -4,7 +4,7 @@ Heavy imports (numpy kernels, paddle, onnxruntime, torch) happen inside
 commands, so `llmc --help` stays fast. User errors print one located message
 and exit with code 2, never a traceback. The checkpoint commands (import,
 inspect, compile, fixture, demo) live in cli_model.py, generate and chat in
-cli_generate.py, export in cli_runtime.py.
+cli_generate.py, export in cli_runtime.py, merge, eval and data in cli_train.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ try:  # typer vendors click since 0.2x; older releases use click itself
 except ImportError:
     from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-from . import cli_generate, cli_model, cli_runtime
+from . import cli_generate, cli_model, cli_runtime, cli_train
 from .options import Emit, Force, JsonOut, Target, echo_json, with_instruments
 
 app = typer.Typer(
@@ -185,6 +185,7 @@ def passes(
 cli_model.register(app)
 cli_generate.register(app)
 cli_runtime.register(app)
+cli_train.register(app)
 
 
 def _usage_error_line(e) -> str:

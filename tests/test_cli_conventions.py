@@ -22,7 +22,15 @@ LLMC = [sys.executable, "-m", "llmc"]
 
 
 def commands() -> dict:
-    return typer.main.get_command(app).commands
+    """Every command by name; a sub-app's commands as 'data prepare'."""
+    found = {}
+    for name, cmd in typer.main.get_command(app).commands.items():
+        subcommands = getattr(cmd, "commands", None)
+        if subcommands:
+            found.update({f"{name} {sub}": c for sub, c in subcommands.items()})
+        else:
+            found[name] = cmd
+    return found
 
 
 def options_of(name: str) -> dict[str, object]:

@@ -13,9 +13,16 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding=
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 
 
+ROOT_COMMAND = typer.main.get_command(app)
+GROUPS = {n for n, c in ROOT_COMMAND.commands.items() if hasattr(c, "commands")}
+
+
 def options(cmd: str) -> set[str]:
-    command = typer.main.get_command(app).commands[cmd]
-    return {o for p in command.params for o in p.opts if o.startswith("--")} | {"--help"}
+    command = ROOT_COMMAND
+    for word in cmd.split():  # 'data prepare': a sub-app's command
+        command = command.commands[word]
+    return {o for p in command.params for o in [*p.opts, *getattr(p, "secondary_opts", [])]
+            if o.startswith("--")} | {"--help"}
 
 
 def readme_commands() -> list[tuple[str, str]]:
@@ -24,9 +31,10 @@ def readme_commands() -> list[tuple[str, str]]:
     for block in blocks:
         for line in block.splitlines():
             text = line.split("#")[0]
-            m = re.match(r"llmc ([a-z]+)\b", text)
+            m = re.match(r"llmc ([a-z]+)\b(?: ([a-z]+)\b)?", text)
             if m:
-                found.append([m.group(1), text])
+                sub = f" {m.group(2)}" if m.group(1) in GROUPS and m.group(2) else ""
+                found.append([m.group(1) + sub, text])
             elif line.startswith("    ") and found:
                 found[-1][1] += " " + text
     return [tuple(f) for f in found]

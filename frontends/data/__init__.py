@@ -13,7 +13,7 @@ input raises `DataError` naming the file and line, or is skipped and counted wit
 """
 
 from .indexed import TokenCorpus, open_legacy, open_mmap, read_index
-from .jsonl import DataError, DataStats
+from .jsonl import DataError, DataStats, read_text_documents
 from .packing import (block_causal_mask, collate, cu_seqlens, default_pad_id, pack_rows,
                       startend_row_indices, windows_to_batch)
 from .pretrain import corpus_kind, encode_document, open_corpus, tokenize_corpus
@@ -26,5 +26,6 @@ __all__ = [
     "SFTDataset", "SFTExample", "TokenCorpus", "WindowSampler", "block_causal_mask", "collate",
     "corpus_kind", "cu_seqlens", "default_pad_id", "encode_document", "encode_sft",
     "load_sft", "open_corpus", "open_legacy", "open_mmap", "pack_rows", "prepare",
-    "read_index", "startend_row_indices", "token_dtype", "tokenize_corpus", "windows_to_batch",
+    "read_index", "read_text_documents", "startend_row_indices", "token_dtype",
+    "tokenize_corpus", "windows_to_batch",
 ]

@@ -135,3 +135,15 @@ def _paragraphs(path: Path) -> Iterator[tuple[int, str]]:
         elif lines:
             yield start, "\n".join(lines)
             lines, start = [], 0
+
+
+def read_text_documents(path: str | Path, on_error: str = "fail", key: str = "text"
+                        ) -> tuple[list[str], DataStats]:
+    """The texts of every non-blank document of a corpus (as `iter_text_documents` reads
+    them) and what reading did; DataError when no document is left."""
+    stats = DataStats()
+    texts = [t for _, t in iter_text_documents(path, stats, on_error, key) if t.strip()]
+    if not texts:
+        raise DataError(f"{path}: no text documents ({stats.skipped_lines} bad lines skipped)")
+    stats.examples = len(texts)
+    return texts, stats
