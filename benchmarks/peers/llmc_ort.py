@@ -39,19 +39,24 @@ def load(model_dir: Path, max_len: int, max_batch: int) -> Callable[[list[list[i
     try:
         import numpy as np
 
+        from llmc.runtime.engine import PREFILL_CHUNK
         from llmc.runtime.onnx.session import OrtCausalLM
     except ImportError as e:
         raise PeerUnavailable(f"llmc's ONNX Runtime backend is not importable ({e})") from e
     model = OrtCausalLM(build(model_dir), provider="cpu", threads=THREADS)
 
+    def prefill(cache, row: int, prompt: list[int]) -> int:
+        """As the engine does: the prompt alone (no compute on padding), in chunks."""
+        for start in range(0, len(prompt), PREFILL_CHUNK):
+            ids = np.array([prompt[start:start + PREFILL_CHUNK]], np.int64)
+            logits = model.forward(cache, [row], ids, np.array([start], np.int64))
+        return int(logits[0].argmax())
+
     def generate(prompts: list[list[int]], new_tokens: int) -> Timing:
         batch = len(prompts)
         cache = model.new_cache(batch, max(len(p) for p in prompts) + new_tokens)
         t0 = time.perf_counter()
-        # each prompt is prefilled alone at its own length (no compute on padding)
-        last = np.array([int(model.forward(cache, [i], np.array([p], np.int64),
-                                           np.array([0], np.int64))[0].argmax())
-                         for i, p in enumerate(prompts)], np.int64)
+        last = np.array([prefill(cache, i, p) for i, p in enumerate(prompts)], np.int64)
         steps, lens, rows = [last.tolist()], np.array([len(p) for p in prompts], np.int64), \
             list(range(batch))
         t1 = time.perf_counter()
