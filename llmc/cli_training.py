@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 import typer
 
-from .options import JsonOut, echo_json
+from .options import Force, JsonOut, echo_json
 
 Mode = Literal["pretrain", "sft", "lora"]
 Device = Literal["cpu", "gpu", "npu", "mlu", "iluvatar_gpu"]
@@ -80,13 +80,17 @@ def train(
     lora_alpha: float = typer.Option(16.0, "--lora-alpha", help="LoRA alpha (update scaled by alpha/r)."),
     lora_dropout: float = typer.Option(0.0, "--lora-dropout", help="LoRA dropout, recorded in adapter_config.json (not applied in training)."),
     json_out: bool = JsonOut,
+    force: bool = Force,
 ):
     """Train a checkpoint on the Paddle runtime: pretraining, SFT or LoRA, with AdamW, a
     schedule, clipping and accumulation. Writes atomic checkpoints (HF safetensors layout;
     PEFT layout for LoRA) that `llmc compile` and transformers load, metrics.jsonl and a
     loss curve; a NaN/inf loss stops the run and keeps the last good checkpoint."""
+    from llmc.overwrite import refuse_overwriting_inputs
     from llmc.training import TrainOptions
     from llmc.training import train as run_training
+
+    refuse_overwriting_inputs([output], files=[data], dirs=[model_dir], force=force)
 
     opts = TrainOptions(
         model_dir=model_dir, data=data, out=output, mode=mode, steps=steps, device=device, lr=lr,

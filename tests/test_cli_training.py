@@ -174,3 +174,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(monkeypatch, capsys
     assert "loss is" in err and "last good checkpoint" in err
     kept = sorted(out.glob("checkpoint-*"))
     assert kept and all((p / "model.safetensors").is_file() for p in kept)
+
+
+def test_output_inside_the_model_is_refused(monkeypatch, capsys, files):
+    code, _, err = run_cli(monkeypatch, capsys, "train", files["model"], "--data", files["sft"],
+                           "-o", files["model"] / "run", "--steps", "1")
+    assert code == 2 and err.count("\n") == 1 and "checkpoint directory" in err, err
+    assert not (files["model"] / "run").exists()
