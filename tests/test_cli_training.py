@@ -181,3 +181,25 @@ def test_output_inside_the_model_is_refused(monkeypatch, capsys, files):
                            "-o", files["model"] / "run", "--steps", "1")
     assert code == 2 and err.count("\n") == 1 and "checkpoint directory" in err, err
     assert not (files["model"] / "run").exists()
+
+
+def test_pretrain_reads_paddlenlps_mmap_corpus(monkeypatch, capsys, files, tmp_path):
+    from llmc.frontends.data import prepare
+    from llmc.frontends.tokenizer import load_tokenizer
+
+    prefix = tmp_path / "corpus" / "train"
+    prepare(files["corpus"], prefix, load_tokenizer(files["model"]))
+    report = train(monkeypatch, capsys, files["model"], prefix, tmp_path / "run", "--mode",
+                   "pretrain", "--steps", "2", "--seq-len", "16", "--batch-size", "2")
+    assert report["data"]["tokens"] > 32 and len(report["metrics"]) == 2
+    assert report["metrics"][0]["tokens"] == 2 * 17  # 16 inputs + the last window token
+
+
+def test_paddle_format_checkpoint_trains_and_compiles(monkeypatch, capsys, files, tmp_path):
+    model = fixtures.write_fixture(tmp_path / "pd", "llama", "paddle")
+    capsys.readouterr()
+    train(monkeypatch, capsys, model, files["corpus"], tmp_path / "run", "--mode", "pretrain",
+          "--steps", "1", "--seq-len", "16", "--batch-size", "1")
+    code, _, err = run_cli(monkeypatch, capsys, "compile", tmp_path / "run" / "checkpoint-1",
+                           "--target", "cpu", "-o", tmp_path / "art")
+    assert code == 0, err
