@@ -203,3 +203,15 @@ def test_paddle_format_checkpoint_trains_and_compiles(monkeypatch, capsys, files
     code, _, err = run_cli(monkeypatch, capsys, "compile", tmp_path / "run" / "checkpoint-1",
                            "--target", "cpu", "-o", tmp_path / "art")
     assert code == 0, err
+
+
+def test_progress_bar_shows_loss_lr_speed_and_eta(capsys):
+    from llmc.cli_training import progress_bar
+
+    with progress_bar(4, enabled=True) as on_step:
+        on_step({"step": 2, "loss": 1.2345, "lr": 3e-4, "tokens_per_s": 512.0})
+    err = capsys.readouterr().err
+    assert "2/4" in err and "loss 1.2345" in err and "lr 3.00e-04" in err and "512 tok/s" in err
+    with progress_bar(4, enabled=False) as on_step:
+        on_step({"step": 1})  # off: the callback ignores the metrics
+    assert capsys.readouterr().err == ""
