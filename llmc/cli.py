@@ -24,7 +24,7 @@ try:  # typer vendors click since 0.2x; older releases use click itself
 except ImportError:
     from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-from . import cli_generate, cli_model, cli_runtime, cli_train
+from . import cli_generate, cli_model, cli_runtime, cli_train, cli_training
 from .options import Emit, Force, JsonOut, Target, echo_json, with_instruments
 
 app = typer.Typer(
@@ -185,6 +185,7 @@ def passes(
 cli_model.register(app)
 cli_generate.register(app)
 cli_runtime.register(app)
+cli_training.register(app)
 cli_train.register(app)
 
 

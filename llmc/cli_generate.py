@@ -1,6 +1,6 @@
 """The generation commands of `llmc`: generate and chat, on any artifact through the one
-generation engine (runtime/engine.py), on ONNX Runtime or the reference interpreter
-(llmc/runtimes.py chooses and opens the runtime)."""
+generation engine (runtime/engine.py), on ONNX Runtime, the reference interpreter or
+Paddle (llmc/runtimes.py chooses and opens the runtime)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ from llmc.compiler.errors import LlmcError
 
 from .options import JsonOut, echo_json
 
-Runtime = Literal["onnxruntime", "reference"]  # llmc/runtimes.py RUNTIMES
+Runtime = Literal["onnxruntime", "reference", "paddle"]  # llmc/runtimes.py RUNTIMES
 Provider = Literal["cpu", "cuda"]
+Device = Literal["cpu", "gpu", "npu", "mlu", "iluvatar_gpu"]  # llmc/runtimes.py DEVICES
 
 ArtifactArg = typer.Argument(..., help="A directory written by `llmc compile -o`.")
 RuntimeOpt = typer.Option(None, "--runtime", show_default=False,
-                          help="onnxruntime (default for cache-form artifacts) or reference "
-                               "(the numpy interpreter; default for the other forms).")
+                          help="onnxruntime (default for cache-form artifacts), reference "
+                               "(the numpy interpreter; default for the other forms) or paddle.")
+DeviceOpt = typer.Option("cpu", "--device", help="Paddle device for --runtime paddle.")
 ProviderOpt = typer.Option("cpu", "--provider", help="ONNX Runtime execution provider.")
 ThreadsOpt = typer.Option(0, "--threads", help="ONNX Runtime intra-op threads (0: its choice).")
 TemperatureOpt = typer.Option(0.0, "--temperature", help="0: greedy; else the softmax temperature.")
@@ -81,11 +83,13 @@ def _tokenizer(art):
 
 
 def open_model(artifact: str | Path, runtime: str | None = None, provider: str = "cpu",
-               threads: int = 0):
+               threads: int = 0, device: str = "cpu"):
     """(model, artifact, runtime name) for `artifact` on `runtime` (None: the default for
-    its form). `provider` and `threads` apply to onnxruntime (threads 0: ORT decides)."""
+    its form). `provider` and `threads` apply to onnxruntime (threads 0: ORT decides),
+    `device` to paddle."""
     from llmc.artifact import load_artifact
-    from llmc.runtimes import PROVIDERS, RUNTIMES, default_runtime, reference_model
+    from llmc.runtimes import (PROVIDERS, RUNTIMES, default_runtime, paddle_model,
+                               reference_model)
 
     if runtime is not None and runtime not in RUNTIMES:
         raise LlmcError(f"--runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
@@ -93,8 +97,15 @@ def open_model(artifact: str | Path, runtime: str | None = None, provider: str =
         raise LlmcError(f"--provider must be one of {', '.join(PROVIDERS)}, got '{provider}'")
     if threads < 0:
         raise LlmcError(f"--threads must be >= 0 (0: onnxruntime decides), got {threads}")
+    if device != "cpu" and runtime != "paddle":
+        raise LlmcError(f"--device {device} applies to --runtime paddle")
     art = load_artifact(artifact)
     runtime = runtime or default_runtime(art.report.get("form", ""))
+    if runtime == "paddle":
+        if provider != "cpu":
+            raise LlmcError(f"--provider {provider} applies to --runtime onnxruntime; "
+                            "--runtime paddle takes --device")
+        return paddle_model(art, device), art, runtime
     if runtime == "reference":
         if provider != "cpu":
             raise LlmcError(f"--provider {provider} applies to --runtime onnxruntime; the "
@@ -142,6 +153,7 @@ def generate(
     runtime: Optional[Runtime] = RuntimeOpt,
     provider: Provider = ProviderOpt,
     threads: int = ThreadsOpt,
+    device: Device = DeviceOpt,
     temperature: float = TemperatureOpt,
     top_k: int = TopKOpt,
     top_p: float = TopPOpt,
@@ -166,7 +178,7 @@ def generate(
                      top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                      seed=seed, stop=tuple(stop or ()))
     texts = _read_batch(batch_file) if batch_file is not None else [prompt]
-    model, art, used = open_model(artifact, runtime, provider, threads)
+    model, art, used = open_model(artifact, runtime, provider, threads, device)
     config = art.report.get("config", {})
     tok = _tokenizer(art) if ids is None or stop else None
     prompts = [_parse_ids(ids)] if ids is not None else [tok.encode(t) for t in texts]
@@ -191,6 +203,7 @@ def chat(
     runtime: Optional[Runtime] = RuntimeOpt,
     provider: Provider = ProviderOpt,
     threads: int = ThreadsOpt,
+    device: Device = DeviceOpt,
     system: Optional[str] = typer.Option(None, "--system", help="A system prompt."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n", show_default=False, help="Most tokens per answer (default: 512, or half the model's positions)."),
     temperature: float = TemperatureOpt,
@@ -211,7 +224,7 @@ def chat(
     values = dict(temperature=temperature, top_k=top_k, top_p=top_p,
                   repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()))
     _params("chat", **values)  # a bad flag fails before the model loads
-    model, art, _ = open_model(artifact, runtime, provider, threads)
+    model, art, _ = open_model(artifact, runtime, provider, threads, device)
     limit = model.max_positions or DEFAULT_CONTEXT
     n = max_new_tokens if max_new_tokens is not None else min(512, limit // 2)
     params = _params("chat", max_new_tokens=n,

@@ -14,6 +14,7 @@ kernel that is AVX-512 code kills the process with SIGILL on an AVX2 machine, wh
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,11 @@ def import_paddle():
     LlmcError saying how to install it."""
     os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
     try:
-        import paddle
+        with warnings.catch_warnings():
+            # Paddle's import warns about ccache (used only to build C++ extensions): noise
+            # that would turn a one-line user error into two lines
+            warnings.filterwarnings("ignore", message="No ccache found")
+            import paddle
     except ImportError:
         raise LlmcError(f"the Paddle runtime needs paddlepaddle: {INSTALL}") from None
     return paddle

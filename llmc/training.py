@@ -1,0 +1,294 @@
+"""`llmc train`: pretraining, SFT and LoRA on a checkpoint's full-form graph, run by the
+Paddle runtime's Trainer (runtime/paddle/train.py).
+
+    result = train(TrainOptions(model_dir, data, out, mode="sft", steps=50))
+
+Data: SFT jsonl → `SFTBatcher` (unpacked rows); pretraining (mmap .bin/.idx, _ids.npy,
+text or {"text"} jsonl) → `WindowSampler`. The data readers give labels already shifted
+(`logits[i]` is scored against `labels[i]`) while the Trainer shifts inside (transformers'
+convention), so `trainer_batch` prepends one masked label and appends one input column:
+exactly one shift happens. Checkpoints: train_checkpoint.py. Each step reseeds Paddle with
+`seed + step`, so a resumed run repeats the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from llmc.compiler.errors import LlmcError
+
+from . import train_checkpoint as ckpts
+
+MODES = ("pretrain", "sft", "lora")
+
+
+@dataclass
+class TrainOptions:
+    """Everything `llmc train` takes (see llmc/cli_training.py for the meaning of each)."""
+
+    model_dir: Path
+    data: Path
+    out: Path
+    mode: str = "sft"
+    steps: int = 100
+    device: str = "cpu"
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    max_grad_norm: float | None = 1.0
+    batch_size: int = 4
+    seq_len: int = 512
+    accumulation_steps: int = 1
+    seed: int = 0
+    save_every: int = 0
+    save_total_limit: int | None = None
+    resume: bool = False
+    on_error: str = "fail"
+    lora_targets: str = "q,k,v,o,gate,up,down"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+
+    def check(self) -> None:
+        """Refuse options that cannot run, naming the flag."""
+        if self.mode not in MODES:
+            raise LlmcError(f"--mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size),
+                            ("--seq-len", self.seq_len)):
+            if value < 1:
+                raise LlmcError(f"{flag} must be at least 1, got {value}")
+        if self.save_every < 0 or (self.save_total_limit is not None and self.save_total_limit < 1):
+            raise LlmcError("--save-every must be >= 0 and --save-total-limit >= 1")
+
+
+@dataclass
+class TrainResult:
+    """What a run did: the metrics of every step run here, the checkpoints written."""
+
+    out: Path
+    first_step: int
+    steps: int
+    metrics: list[dict] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)
+    plot: str | None = None
+    kernels: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        """JSON-ready summary (final loss, checkpoints, plot)."""
+        d = asdict(self)
+        d["out"] = str(self.out)
+        d["final_loss"] = self.metrics[-1]["loss"] if self.metrics else None
+        return d
+
+
+def trainer_batch(batch: dict, pad_id: int, ignore_index: int = -100) -> dict:
+    """A data batch (labels already shifted) as the Trainer's (labels aligned with inputs,
+    shifted inside): input_ids gain one column, labels one masked column in front."""
+    ids, labels = np.asarray(batch["input_ids"]), np.asarray(batch["labels"])
+    last = labels[:, -1:]
+    extra = np.where(last == ignore_index, pad_id, last)
+    masked = np.full((len(labels), 1), ignore_index, dtype=np.int64)
+    return {"input_ids": np.concatenate([ids, extra], axis=1).astype(np.int64),
+            "labels": np.concatenate([masked, labels], axis=1).astype(np.int64)}
+
+
+class DataSource:
+    """Batches for a mode: `next_batch()` gives the Trainer's dict; resumable."""
+
+    def __init__(self, opts: TrainOptions, tokenizer, vocab_size: int):
+        from llmc.frontends.data import (SFTBatcher, WindowSampler, default_pad_id, load_sft,
+                                         open_corpus)
+
+        self.pad_id = default_pad_id(tokenizer)
+        if opts.mode == "pretrain":
+            corpus = open_corpus(opts.data, tokenizer, on_error=opts.on_error,
+                                 vocab_size=vocab_size)
+            self.sampler = WindowSampler(corpus, opts.seq_len, opts.batch_size, seed=opts.seed)
+            self.stats = {"tokens": int(corpus.num_tokens),
+                          "windows": self.sampler.windows_per_epoch}
+        else:
+            ds = load_sft(opts.data, tokenizer, opts.seq_len, on_error=opts.on_error)
+            self.sampler = SFTBatcher(ds, opts.batch_size, self.pad_id, seed=opts.seed)
+            self.stats = ds.stats.as_dict()
+        self.windows = opts.mode == "pretrain"
+
+    def next_batch(self) -> dict:
+        """The next batch, in the Trainer's convention."""
+        from llmc.frontends.data import windows_to_batch
+
+        raw = self.sampler.next_batch()
+        return trainer_batch(windows_to_batch(raw) if self.windows else raw, self.pad_id)
+
+
+@dataclass
+class Model:
+    """The graph to train, its starting weights, and (LoRA) what the pass recorded."""
+
+    ckpt: object
+    graph: object
+    weights: dict
+    lora: dict | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        shapes = {n: tuple(v.type.shape) for n, v in self.graph.params.items()}
+        return ckpts.fingerprint(shapes) + ("-lora" if self.lora else "")
+
+    def lora_config(self):
+        from llmc.lora import lora_config
+
+        return None if self.lora is None else lora_config(self.lora, str(self.ckpt.model_dir))
+
+
+def load_model(opts: TrainOptions) -> Model:
+    """The checkpoint's full-form graph (every position's logits), with adapters in LoRA mode."""
+    from llmc.compile import build_graph
+    from llmc.frontends.loader import open_checkpoint
+
+    ckpt = open_checkpoint(opts.model_dir)
+    g = build_graph(ckpt.config, ckpt.naming, "full", last_token_only=False)
+    recorded = None
+    extra = {}
+    if opts.mode == "lora":
+        from llmc.lora import add_lora
+        from llmc.passes.lora import init_lora_weights
+
+        recorded = add_lora(g, opts.lora_targets, opts.lora_rank, opts.lora_alpha,
+                            opts.lora_dropout, num_layers=ckpt.config.num_layers)
+        extra = init_lora_weights(g, seed=opts.seed)
+    base = [n for n in g.params if n not in extra]
+    ckpt.validate({n: tuple(g.params[n].type.shape) for n in base})
+    weights = {n: np.asarray(ckpt.weights[n], dtype=np.float32) for n in base}
+    return Model(ckpt, g, {**weights, **extra}, recorded)
+
+
+def make_trainer(opts: TrainOptions, model: Model):
+    """The Paddle Trainer; in LoRA mode only the adapter parameters are trainable."""
+    from llmc.runtime.paddle import PaddleProgram, TrainConfig, Trainer
+
+    config = TrainConfig(lr=opts.lr, weight_decay=opts.weight_decay, schedule=opts.schedule,
+                         warmup_steps=opts.warmup_steps, total_steps=opts.steps,
+                         max_grad_norm=opts.max_grad_norm, seed=opts.seed, device=opts.device,
+                         accumulation_steps=opts.accumulation_steps)
+    config.check()
+    program = PaddleProgram(model.graph, model.weights, device=opts.device)
+    if model.lora is not None:
+        from llmc.passes.lora import lora_params
+
+        adapters = set(lora_params(model.graph))
+        for name, p in program.params.items():
+            p.stop_gradient = name not in adapters
+    return Trainer(model.graph, model.weights, config, program=program)
+
+
+def resume_point(opts: TrainOptions, model: Model, trainer, data: DataSource) -> int:
+    """Load the newest checkpoint in OUT when --resume; returns the step to start from."""
+    if not opts.resume:
+        return 0
+    found = ckpts.checkpoints(opts.out)
+    if not found:
+        raise LlmcError(f"--resume: no checkpoint-* with {ckpts.STATE_FILE} in {opts.out}")
+    step, path = found[-1]
+    state, weights, optimizer = ckpts.load_checkpoint(path, model.fingerprint)
+    trainer.load_state_dict({"step": state["step"], "weights": {**model.weights, **weights},
+                             "optimizer": optimizer})
+    data.sampler.load_state_dict(state["data"])
+    return int(state["step"])
+
+
+def save(opts: TrainOptions, model: Model, trainer, data: DataSource) -> Path:
+    """Checkpoint the trainer at its current step, then prune old checkpoints."""
+    state = trainer.state_dict()
+    meta = {"fingerprint": model.fingerprint, "data": data.sampler.state_dict(),
+            "mode": opts.mode, "options": {k: str(v) if isinstance(v, Path) else v
+                                           for k, v in asdict(opts).items()}}
+    path = ckpts.save_checkpoint(opts.out, trainer.step_count, state["weights"],
+                                 state["optimizer"], meta, model.ckpt.model_dir,
+                                 list(model.ckpt.tokenizer_files), model.lora_config())
+    ckpts.prune(opts.out, opts.save_total_limit)
+    return path
+
+
+def _metrics_lines(path: Path, keep_until: int) -> None:
+    """Keep the metrics of steps <= keep_until (a resumed run rewrites the rest)."""
+    if not path.is_file():
+        return
+    kept = [ln for ln in path.read_text().splitlines()
+            if ln.strip() and json.loads(ln).get("step", 0) <= keep_until]
+    path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def run_steps(opts: TrainOptions, model: Model, trainer, data: DataSource, start: int,
+              on_step: Callable[[dict], None]) -> TrainResult:
+    """Steps start+1..opts.steps with metrics and checkpoints; a non-finite loss stops with
+    the last good checkpoint kept."""
+    from llmc.runtime.paddle import TrainingError
+
+    result = TrainResult(opts.out, start, opts.steps, data=data.stats)
+    metrics_path = opts.out / "metrics.jsonl"
+    _metrics_lines(metrics_path, start)
+    with metrics_path.open("a") as log:
+        for step in range(start, opts.steps):
+            trainer.paddle.seed(opts.seed + step)
+            try:
+                m = trainer.step(data.next_batch())
+            except TrainingError as e:
+                last = ckpts.checkpoints(opts.out)
+                kept = f"last good checkpoint: {last[-1][1]}" if last else "no checkpoint saved"
+                raise LlmcError(f"{e}; {kept}") from None
+            log.write(json.dumps(m) + "\n")
+            log.flush()
+            result.metrics.append(m)
+            on_step(m)
+            done = trainer.step_count
+            if done == opts.steps or (opts.save_every and done % opts.save_every == 0):
+                result.checkpoints.append(str(save(opts, model, trainer, data)))
+    return result
+
+
+def train(opts: TrainOptions, on_step: Callable[[dict], None] = lambda m: None) -> TrainResult:
+    """Run `llmc train` (see the module docstring); `on_step(metrics)` after every step."""
+    from llmc.frontends.tokenizer import load_tokenizer
+
+    opts.check()
+    model = load_model(opts)
+    tokenizer = load_tokenizer(opts.model_dir)
+    data = DataSource(opts, tokenizer, model.ckpt.config.vocab_size)
+    trainer = make_trainer(opts, model)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    start = resume_point(opts, model, trainer, data)
+    if start >= opts.steps:
+        raise LlmcError(f"--resume: {opts.out} is already at step {start} of --steps {opts.steps}")
+    result = run_steps(opts, model, trainer, data, start, on_step)
+    result.kernels = trainer.describe()["kernels"]
+    result.plot = plot_loss(opts.out / "metrics.jsonl", opts.out / "loss.png")
+    return result
+
+
+def plot_loss(metrics: Path, png: Path) -> str | None:
+    """A loss-curve PNG from metrics.jsonl when matplotlib is importable, else None."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log" if all(r["loss"] > 0 and math.isfinite(r["loss"]) for r in rows)
+                  else "linear")
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return str(png)
