@@ -17,10 +17,12 @@ from typing import Mapping
 
 import numpy as np
 
+from llmc.compiler.atomic import replace_dir
+
 from .entries import to_compute
 from .errors import CheckpointError
 from .safetensors_file import read_safetensors
-from .safetensors_write import replace_dir, safetensors_bytes
+from .safetensors_write import safetensors_bytes
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

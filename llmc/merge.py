@@ -23,7 +23,8 @@ from llmc.compiler.errors import LlmcError
 from llmc.frontends.loader import Checkpoint, open_checkpoint
 from llmc.frontends.peft import Adapter, read_adapter
 from llmc.frontends.safetensors_file import read_header
-from llmc.frontends.safetensors_write import replace_dir, safetensors_bytes
+from llmc.compiler.atomic import replace_dir
+from llmc.frontends.safetensors_write import safetensors_bytes
 from llmc.overwrite import input_clash
 
 PACKED = {"q_proj": 0, "k_proj": 1, "v_proj": 2}

@@ -23,7 +23,8 @@ import numpy as np
 
 from llmc.compiler.errors import LlmcError
 from llmc.frontends.peft import CONFIG_FILE, WEIGHTS_FILE, adapter_from_weights, check_pairs
-from llmc.frontends.safetensors_write import replace_dir, safetensors_bytes
+from llmc.compiler.atomic import replace_dir
+from llmc.frontends.safetensors_write import safetensors_bytes
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"

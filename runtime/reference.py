@@ -11,14 +11,12 @@ are freed after their last use. `run(g, inputs, weights)` is the one-call form.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from llmc.compiler.atomic import replace_dir
 from llmc.compiler.errors import LlmcError
 from llmc.compiler.ir import DType, Graph, Op, TensorType, Value
 from llmc.compiler.ops import get_op
@@ -210,29 +208,12 @@ def write_values(out_dir: str | Path, graph: Graph, values: Mapping[str, np.ndar
     `index.json` gives the graph dtype and the stored one)."""
     out = Path(out_dir)
     _check_dump_target(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    except OSError as e:
-        raise LlmcError(f"{out}: cannot create the value directory ({e.strerror or e})") from None
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; follow the umask
+
+    def fill(tmp: Path) -> None:
         index = _write_arrays(tmp, graph, values)
         (tmp / DUMP_INDEX).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
-        _swap_dir(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise LlmcError(f"{out}: cannot write the values ({e.strerror or e})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return replace_dir(out, fill, "the values")
 
 
 def _check_dump_target(out: Path) -> None:
@@ -272,17 +253,3 @@ def _write_arrays(tmp: Path, graph: Graph, values: Mapping[str, np.ndarray]) -> 
             "outputs": [v.name for v in graph.outputs]}
 
 
-def _swap_dir(tmp: Path, out: Path) -> None:
-    """Rename tmp to out; an existing out is moved aside first and removed after."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-    os.replace(out, old / "dump")
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        os.replace(old / "dump", out)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
