@@ -10,46 +10,9 @@ from llmc.compiler.builder import Builder
 from llmc.compiler.ir import DType
 from llmc.runtime.onnx import LOWERINGS, LoweringError, lower_graph
 from llmc.runtime.reference import run
+from op_cases import Case, f32, i64
 
 I64_MAX = 2**63 - 1
-rng = np.random.default_rng(0)
-
-
-def f32(*shape, positive=False):
-    x = rng.standard_normal(shape).astype(np.float32)
-    return np.abs(x) + 0.1 if positive else x
-
-
-def i64(*shape, high=6):
-    return rng.integers(0, high, shape).astype(np.int64)
-
-
-class Case:
-    """One op on given arrays; `params` names the operands that are weights (static)."""
-
-    def __init__(self, kind, *arrays, params=(), **attrs):
-        self.kind, self.arrays, self.params, self.attrs = kind, arrays, set(params), attrs
-
-    def __repr__(self):
-        extra = ",".join(f"{k}={v}" for k, v in self.attrs.items())
-        return f"{self.kind}[{extra}|{len(self.arrays)}]"
-
-    def graph(self):
-        b = Builder("case")
-        vals, feeds, weights = [], {}, {}
-        for i, a in enumerate(self.arrays):
-            name = f"x{i}"
-            if i in self.params:
-                vals.append(b.param(name, DType.from_np(a.dtype), a.shape))
-                weights[name] = a
-            else:
-                vals.append(b.input(name, DType.from_np(a.dtype), a.shape))
-                feeds[name] = a
-        out = b.op(self.kind, *vals, **self.attrs)
-        b.output(*(out if isinstance(out, tuple) else (out,)))
-        return b.graph, feeds, weights
-
-
 QKV = dict(q=f32(2, 3, 4, 8), k=f32(2, 3, 2, 8), v=f32(2, 3, 2, 8))
 CACHE = (f32(2, 2, 10, 8), f32(2, 2, 10, 8), np.array([4, 0], np.int64))
 CASES = [
