@@ -10,17 +10,11 @@ of the same OUT removes those whose process is gone.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
-import os
-import re
-import secrets
-import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmc.compiler.atomic import replace_dir
 from llmc.compiler.errors import LlmcError
 from llmc.compiler.ir import Graph
 from llmc.compiler.passmanager import PassRecord
@@ -107,91 +101,6 @@ def check_output(out: str | Path) -> None:
             raise LlmcError(f"{out}: exists and is not an llmc artifact; refusing to replace it")
 
 
-def _leftover_pattern(out: Path) -> re.Pattern:
-    return re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)(?:-[0-9a-f]+)?")
-
-
-def _process_is_gone(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # alive but not ours (EPERM), or unknown: keep its files
-        return False
-    return False
-
-
-def remove_stale_leftovers(out: str | Path) -> list[Path]:
-    """Remove the temporary directories an earlier write of `out` left when it was killed:
-    only ours (same user), only of this OUT, only those whose writing process is gone."""
-    out = Path(out)
-    pattern, removed = _leftover_pattern(out), []
-    try:
-        entries = list(out.parent.iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        m = pattern.fullmatch(entry.name)
-        if m is None or entry.is_symlink() or not entry.is_dir():
-            continue
-        if entry.stat().st_uid != os.getuid() or not _process_is_gone(int(m.group(1))):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
-    return removed
-
-
-def _make_temp_dir(out: Path) -> Path:
-    """A new hidden directory beside `out`, with the mode the umask gives (mkdtemp's is 0700)."""
-    while True:
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            tmp.mkdir()
-            return tmp
-        except FileExistsError:
-            continue
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False where
-    the platform or filesystem cannot, so the caller falls back to two renames."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Put `tmp` at `out`; an existing `out` is swapped out atomically where the
-    filesystem allows, else moved aside and restored if the second rename fails."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    if _exchange(tmp, out):  # tmp now holds the old artifact
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)  # put the old artifact back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _write_files(c: Compiled, tmp: Path) -> None:
     (tmp / "model.llmc").write_text(print_graph(c.graph))
     (tmp / "pass_log.txt").write_text("\n".join(c.log) + "\n")
@@ -201,24 +110,8 @@ def _write_files(c: Compiled, tmp: Path) -> None:
 
 def write_artifact(c: Compiled, out: str | Path) -> Path:
     """Write the artifact directory atomically: OUT is the old artifact or the new one."""
-    out = Path(out)
     check_output(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_leftovers(out)
-        tmp = _make_temp_dir(out)
-    except OSError as e:
-        raise LlmcError(f"{out}: cannot create the artifact directory ({e.strerror or e})") from None
-    try:
-        _write_files(c, tmp)
-        _swap_into_place(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise LlmcError(f"{out}: cannot write the artifact ({e.strerror or e})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return replace_dir(out, lambda tmp: _write_files(c, tmp), "the artifact")
 
 
 # ---- reading ---------------------------------------------------------------------------

@@ -16,10 +16,10 @@ from clitools import run_cli
 
 KILLED_WRITER = """
 import os, signal, sys
-import llmc.artifact as artifact
+import llmc.compiler.atomic as atomic
 def killed(tmp, out):  # SIGKILL while the artifact is being put in place
     os.kill(os.getpid(), signal.SIGKILL)
-artifact._swap_into_place = killed
+atomic._swap = killed
 from llmc.cli import main
 sys.argv = ["llmc", "compile", sys.argv[1], "-t", "cpu", "-o", sys.argv[2]]
 main()

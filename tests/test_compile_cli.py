@@ -191,12 +191,13 @@ def test_a_failed_swap_restores_the_old_artifact(ckpt, tmp_path, monkeypatch):
 
     from llmc import artifact as comp
     from llmc.compile import compile_model
+    from llmc.compiler import atomic
     from llmc.compiler.errors import LlmcError
 
     out = tmp_path / "out"
     comp.write_artifact(compile_model(ckpt, "cpu"), out)
     new = compile_model(ckpt, "ascend910b")
-    monkeypatch.setattr(comp, "_exchange", lambda a, b: False)  # the two-rename fallback
+    monkeypatch.setattr(atomic, "exchange", lambda a, b: False)  # the two-rename fallback
     real, calls = os.replace, []
 
     def flaky(src, dst):
@@ -218,7 +219,7 @@ def test_a_failed_swap_restores_the_old_artifact(ckpt, tmp_path, monkeypatch):
 
 
 def test_exchange_swaps_two_directories(tmp_path):
-    from llmc.artifact import _exchange
+    from llmc.compiler.atomic import exchange as _exchange
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
