@@ -199,12 +199,13 @@ def test_every_op_has_a_test_against_its_formula():
     written from the op's formula (not against another in-repo kernel)."""
     import test_kernels_attention
     import test_kernels_cache
+    import test_kernels_collective
     import test_kernels_layer
     import test_kernels_math
     import test_kernels_tensor
 
     modules = (test_kernels_math, test_kernels_tensor, test_kernels_attention, test_kernels_layer,
-               test_kernels_cache)
+               test_kernels_cache, test_kernels_collective)
     listed = [name for m in modules for name in m.FORMULA_OPS]
     assert len(listed) == len(set(listed)), "an op is listed twice"
     assert sorted(set(REGISTRY) - set(listed)) == [], "ops without a formula test"

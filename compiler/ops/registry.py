@@ -83,6 +83,8 @@ class OpDef:
     kernel: Callable[..., list[np.ndarray]]
     traits: frozenset[str] = field(default_factory=frozenset)
     doc: str = ""
+    # Collectives only (ops/collective.py): the reference over all ranks of a group.
+    group_kernel: Callable[[list[list[np.ndarray]], dict], list[list[np.ndarray]]] | None = None
 
     @property
     def variadic(self) -> bool:
