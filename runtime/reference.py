@@ -11,6 +11,7 @@ are freed after their last use. `run(g, inputs, weights)` is the one-call form.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -57,6 +58,14 @@ def last_uses(g: Graph) -> dict[Op, list[Value]]:
     return out
 
 
+@dataclass
+class RunState:
+    """One run's live values (by Value) and the sizes its symbolic dims took."""
+
+    env: dict[Value, np.ndarray]
+    dims: dict[str, int]
+
+
 class Interpreter:
     """Runs one graph on numpy arrays; subclass and override `run_op` to replace kernels.
 
@@ -85,24 +94,44 @@ class Interpreter:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run the graph on `inputs` (by input name); returns the graph outputs in order."""
-        g = self.graph
-        env: dict[Value, np.ndarray] = {}
-        dims: dict[str, int] = {}
+        state = self.start(inputs)
+        for op in self.graph.ops:
+            self.finish_op(op, self.call(op, self.operands(op, state)), state)
+        return self.outputs(state)
+
+    # The steps of `run`, public so a driver (runtime/simulate.py) can run several ranks'
+    # interpreters op by op in lockstep.
+    def start(self, inputs: Mapping[str, np.ndarray]) -> "RunState":
+        """Check and bind the graph inputs; the state the other steps thread through."""
+        state = RunState({}, {})
         self.values = {}
-        missing = [v.name for v in g.inputs if v.name not in inputs]
+        missing = [v.name for v in self.graph.inputs if v.name not in inputs]
         if missing:
             raise ExecutionError(f"missing graph inputs: {', '.join('%' + m for m in missing)}")
-        for v in g.inputs:
+        for v in self.graph.inputs:
             arr = np.asarray(inputs[v.name])
-            check_value(v, arr, dims, "input")
-            self._bind(env, v, arr)
-        for op in g.ops:
-            args = [self._fetch(env, v, dims) for v in op.inputs]
-            for v, arr in zip(op.outputs, self._call(op, args)):
-                self._bind(env, v, self._checked(op, v, np.asarray(arr), dims))
-            for v in (self._frees or {}).get(op, ()):
-                env.pop(v, None)
-        return [self._fetch(env, v, dims) for v in g.outputs]
+            check_value(v, arr, state.dims, "input")
+            self._bind(state.env, v, arr)
+        return state
+
+    def operands(self, op: Op, state: "RunState") -> list[np.ndarray]:
+        """The operand arrays of `op` (parameters read from the weights)."""
+        return [self._fetch(state.env, v, state.dims) for v in op.inputs]
+
+    def finish_op(self, op: Op, results: list[np.ndarray], state: "RunState") -> None:
+        """Check and bind `op`'s results, then free the values it was the last reader of."""
+        for v, arr in zip(op.outputs, results):
+            self._bind(state.env, v, self._checked(op, v, np.asarray(arr), state.dims))
+        for v in (self._frees or {}).get(op, ()):
+            state.env.pop(v, None)
+
+    def outputs(self, state: "RunState") -> list[np.ndarray]:
+        """The graph outputs, in order."""
+        return [self._fetch(state.env, v, state.dims) for v in self.graph.outputs]
+
+    def call(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
+        """`run_op`, with a kernel failure reported by the op's IR line."""
+        return self._call(op, args)
 
     def _call(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
         try:
