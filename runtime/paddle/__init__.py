@@ -7,6 +7,10 @@
     metrics = trainer.step({"input_ids": ids, "labels": labels})
     state = trainer.state_dict(); Trainer(...).load_state_dict(state)  # resume
 
+A graph sharded for N ranks (shard_tensor_parallel) runs one process per rank:
+`DistProgram(graph, weights, init_world(tp, dp))` and `DistTrainer` (dist_program.py,
+dist_train.py), inside `python -m paddle.distributed.launch`.
+
 `graph` is a full-form graph returning every position's logits, optionally compiled by
 a per-op target's pipeline (fused rms_norm, rope, attention, swiglu...). Batches of
 unequal rows are right-padded with labels -100 on the padding: attention is causal, so
@@ -16,6 +20,7 @@ kernel each op kind ran with, and why. Paddle itself is imported on first use
 """
 
 from . import cache_ops, core_ops, nn_ops  # noqa: F401  (fill the lowering table)
+from . import dist_ops  # noqa: F401  (tensor-parallel ops: rank, shard, collectives, MC2)
 from .cache_lm import PaddleCacheLM
 from .env import DEVICES, Kernels, choose_kernels, import_paddle, place_for
 from .lower import LOWERINGS, LoweringError, PaddleProgram, lower_ops
