@@ -33,6 +33,11 @@ RepetitionOpt = typer.Option(1.0, "--repetition-penalty",
 SeedOpt = typer.Option(None, "--seed", help="Seed of the sampling (reproducible draws).")
 StopOpt = typer.Option(None, "--stop", metavar="STR",
                        help="End the answer before this text (repeatable).")
+TpOpt = typer.Option(1, "--tp", help="Tensor-parallel ranks (one process each, launched by "
+                                     "paddle.distributed.launch; needs --runtime paddle).")
+NnodesOpt = typer.Option(1, "--nnodes", help="With --tp: nodes of the job (the launcher's --nnodes).")
+MasterOpt = typer.Option(None, "--master", metavar="IP:PORT",
+                         help="With --nnodes > 1: the rendezvous node (the launcher's --master).")
 FLAG_NAMES = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
               "repetition_penalty": "--repetition-penalty",
               "max_new_tokens": "--max-new-tokens"}
@@ -118,6 +123,27 @@ def open_model(artifact: str | Path, runtime: str | None = None, provider: str =
     return ort_model_for_artifact(artifact, provider=provider, threads=threads), art, runtime
 
 
+def _ranks(tp: int, nnodes: int, master: str | None, runtime: str | None, device: str):
+    """None for one process; this rank's World inside a launch; False once the ranks this
+    process launched are done (llmc/distributed.py)."""
+    from llmc.distributed import launch_or_join, launched
+
+    if tp == 1 and nnodes == 1 and launched() is None:
+        return None
+    if runtime not in (None, "paddle"):
+        raise LlmcError(f"generate: --tp runs on --runtime paddle, not {runtime}")
+    return launch_or_join(tp, 1, nnodes, master, device)
+
+
+def open_ranked(artifact: Path, world):
+    """(model, artifact, 'paddle') for one rank of a --tp run."""
+    from llmc.artifact import load_artifact
+    from llmc.distributed import ranked_model
+
+    art = load_artifact(artifact)
+    return ranked_model(art, world), art, "paddle"
+
+
 def _timings_doc(t) -> dict:
     return {"prefill_tokens": t.prefill_tokens, "prefill_s": round(t.prefill_s, 6),
             "prefill_tok_s": round(t.prefill_tok_s, 3), "decode_tokens": t.decode_tokens,
@@ -160,6 +186,9 @@ def generate(
     repetition_penalty: float = RepetitionOpt,
     seed: Optional[int] = SeedOpt,
     stop: Optional[List[str]] = StopOpt,
+    tp: int = TpOpt,
+    nnodes: int = NnodesOpt,
+    master: Optional[str] = MasterOpt,
     json_out: bool = JsonOut,
 ):
     """Generate from a compiled artifact: the text streams to stdout as it is generated
@@ -178,7 +207,11 @@ def generate(
                      top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                      seed=seed, stop=tuple(stop or ()))
     texts = _read_batch(batch_file) if batch_file is not None else [prompt]
-    model, art, used = open_model(artifact, runtime, provider, threads, device)
+    world = _ranks(tp, nnodes, master, runtime, device)
+    if world is False:  # this process launched the ranks, which did the work
+        return
+    model, art, used = (open_model(artifact, runtime, provider, threads, device)
+                        if world is None else open_ranked(artifact, world))
     config = art.report.get("config", {})
     tok = _tokenizer(art) if ids is None or stop else None
     prompts = [_parse_ids(ids)] if ids is not None else [tok.encode(t) for t in texts]

@@ -79,6 +79,10 @@ def train(
     lora_rank: int = typer.Option(8, "--lora-rank", help="LoRA rank r."),
     lora_alpha: float = typer.Option(16.0, "--lora-alpha", help="LoRA alpha (update scaled by alpha/r)."),
     lora_dropout: float = typer.Option(0.0, "--lora-dropout", help="LoRA dropout, recorded in adapter_config.json (not applied in training)."),
+    tp: int = typer.Option(1, "--tp", help="Tensor-parallel ranks: the model's layers split over them (one process each, launched by paddle.distributed.launch)."),
+    dp: int = typer.Option(1, "--dp", help="Data-parallel ranks: each trains on --batch-size rows, gradients averaged (--dp 2 = one process with --batch-size doubled)."),
+    nnodes: int = typer.Option(1, "--nnodes", help="Nodes of a --tp/--dp job (the launcher's --nnodes; run the same command on each)."),
+    master: Optional[str] = typer.Option(None, "--master", metavar="IP:PORT", help="With --nnodes > 1: the rendezvous node (the launcher's --master)."),
     json_out: bool = JsonOut,
     force: bool = Force,
 ):
@@ -99,9 +103,15 @@ def train(
         accumulation_steps=accumulation_steps, seed=seed, save_every=save_every,
         save_total_limit=save_total_limit, resume=resume, on_error=on_error,
         lora_targets=lora_targets, lora_rank=lora_rank, lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout)
+        lora_dropout=lora_dropout, tp=tp, dp=dp)
+    opts.check()
+    from llmc.distributed import launch_or_join
+
+    world = launch_or_join(tp, dp, nnodes, master, device)
+    if world is False:  # this process launched the ranks, which did the work
+        return
     with progress_bar(steps, sys.stderr.isatty() and not json_out) as on_step:
-        result = run_training(opts, on_step)
+        result = run_training(opts, on_step, world=world)
     if json_out:
         echo_json(result.as_dict())
     else:

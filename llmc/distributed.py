@@ -220,3 +220,47 @@ def launch_or_join(tp: int, dp: int = 1, nnodes: int = 1, master: str | None = N
     run_ranks([sys.executable, "-u", "-m", "llmc", *sys.argv[1:]], tp, dp, nnodes, master,
               device)
     return False
+
+
+# ---- generation -------------------------------------------------------------------------
+
+
+def artifact_graph(art, tp: int):
+    """The graph a rank of `--tp` runs for `art`: its own when compiled with --tp N; for an
+    unsharded artifact, its form rebuilt from its checkpoint and sharded (per-op, no
+    target fusions)."""
+    from llmc.runtime.simulate import group_size
+
+    made_for = group_size(art.graph)
+    if made_for == tp:
+        return art.graph
+    if made_for != 1:
+        raise LlmcError(f"{art.path}: compiled for --tp {made_for}, not --tp {tp}")
+    form = art.report.get("form")
+    if form not in ("full", "cache"):
+        raise LlmcError(f"{art.path}: --tp runs the full or cache form, not '{form}'")
+    from llmc.compile import build_graph
+    from llmc.frontends.loader import open_checkpoint
+
+    from .distributed_train import shard_graph
+
+    ckpt = open_checkpoint(art.manifest["model_dir"])
+    graph = build_graph(ckpt.config, ckpt.naming, form)
+    shard_graph(graph, tp)
+    return graph
+
+
+def ranked_model(art, world):
+    """The artifact as one rank's `CausalLM` (cache form: DistProgram + the engine's KV
+    cache contract; full form: recomputing the sequence)."""
+    from llmc.runtime.paddle import PaddleCacheLM
+    from llmc.runtime.paddle.dist_program import DistProgram
+    from llmc.runtime.recompute import RecomputeLM
+    from llmc.runtimes import max_positions
+
+    graph, weights = artifact_graph(art, world.tp), art.weights()
+    limit = max_positions(art.report.get("config", {}))
+    program = DistProgram(graph, weights, world, trainable=False)
+    if "past_lens" in {v.name for v in graph.inputs}:
+        return PaddleCacheLM(graph, weights, max_positions=limit, program=program)
+    return RecomputeLM(program.logits, int(graph.outputs[0].type.shape[-1]), limit)

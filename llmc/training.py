@@ -55,13 +55,15 @@ class TrainOptions:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
+    tp: int = 1
+    dp: int = 1
 
     def check(self) -> None:
         """Refuse options that cannot run, naming the flag."""
         if self.mode not in MODES:
             raise LlmcError(f"--mode must be one of {', '.join(MODES)}, got '{self.mode}'")
         for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size),
-                            ("--seq-len", self.seq_len)):
+                            ("--seq-len", self.seq_len), ("--tp", self.tp), ("--dp", self.dp)):
             if value < 1:
                 raise LlmcError(f"{flag} must be at least 1, got {value}")
         if self.save_every < 0 or (self.save_total_limit is not None and self.save_total_limit < 1):
@@ -227,13 +229,14 @@ def _metrics_lines(path: Path, keep_until: int) -> None:
 
 
 def run_steps(opts: TrainOptions, model: Model, trainer, data: DataSource, start: int,
-              on_step: Callable[[dict], None]) -> TrainResult:
-    """Steps start+1..opts.steps with metrics and checkpoints; a non-finite loss stops with
-    the last good checkpoint kept."""
+              on_step: Callable[[dict], None], save_fn: Callable = save,
+              metrics_path: Path | None = None) -> TrainResult:
+    """Steps start+1..opts.steps with metrics (to `metrics_path`, default OUT/metrics.jsonl)
+    and checkpoints (`save_fn`); a non-finite loss stops with the last good checkpoint kept."""
     from llmc.runtime.paddle import TrainingError
 
     result = TrainResult(opts.out, start, opts.steps, data=data.stats)
-    metrics_path = opts.out / "metrics.jsonl"
+    metrics_path = metrics_path or opts.out / "metrics.jsonl"
     _metrics_lines(metrics_path, start)
     with metrics_path.open("a") as log:
         for step in range(start, opts.steps):
@@ -250,14 +253,20 @@ def run_steps(opts: TrainOptions, model: Model, trainer, data: DataSource, start
             on_step(m)
             done = trainer.step_count
             if done == opts.steps or (opts.save_every and done % opts.save_every == 0):
-                result.checkpoints.append(str(save(opts, model, trainer, data)))
+                result.checkpoints.append(str(save_fn(opts, model, trainer, data)))
     return result
 
 
-def train(opts: TrainOptions, on_step: Callable[[dict], None] = lambda m: None) -> TrainResult:
-    """Run `llmc train` (see the module docstring); `on_step(metrics)` after every step."""
+def train(opts: TrainOptions, on_step: Callable[[dict], None] = lambda m: None,
+          world=None) -> TrainResult:
+    """Run `llmc train` (see the module docstring); `on_step(metrics)` after every step.
+    `world`: this process is one rank of a --tp/--dp run (llmc/distributed_train.py)."""
     from llmc.frontends.tokenizer import load_tokenizer
 
+    if world is not None:
+        from .distributed_train import train_parallel
+
+        return train_parallel(opts, world, on_step)
     opts.check()
     model = load_model(opts)
     tokenizer = load_tokenizer(opts.model_dir)

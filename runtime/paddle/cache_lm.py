@@ -24,16 +24,17 @@ class PaddleCache:
 
 
 class PaddleCacheLM:
-    """A compiled cache-form graph run by PaddleProgram (no autograd), row span by span."""
+    """A compiled cache-form graph run by PaddleProgram (no autograd), row span by span;
+    `program`: the graph already lowered (one rank's DistProgram of a sharded graph)."""
 
     def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], *, device: str = "cpu",
-                 max_positions: int | None = None):
+                 max_positions: int | None = None, program: PaddleProgram | None = None):
         names = [v.name for v in graph.inputs if v.name.startswith(("past_key_", "past_value_"))]
         if not names or "past_lens" not in {v.name for v in graph.inputs}:
             raise LlmcError(f"graph @{graph.name} is not a cache-form graph (no past_lens / "
                             "past_key_* inputs); compile with --form cache")
         self.pasts = names
-        self.program = PaddleProgram(graph, weights, device=device, trainable=False)
+        self.program = program or PaddleProgram(graph, weights, device=device, trainable=False)
         self.paddle = self.program.paddle
         by_name = {v.name: v for v in graph.inputs}
         _, self.kv_heads, _, self.head_dim = by_name[names[0]].type.shape

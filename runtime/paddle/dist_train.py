@@ -82,7 +82,9 @@ class DistTrainer(Trainer):
         return total * self._scale, count
 
     def step(self, batch: Mapping[str, np.ndarray]) -> dict:
-        """One update on this rank's rows of the global batch; the metrics are global."""
+        """One update on this rank's rows of the global batch; the metrics are global, and
+        `collectives` counts what this rank issued (kind → calls, bytes)."""
+        self.world.comm.reset()
         ids = np.asarray(batch["input_ids"])
         labels = np.asarray(batch.get("labels", ids))
         local = int((labels[:, 1:] != self.config.ignore_index).sum())
@@ -93,6 +95,7 @@ class DistTrainer(Trainer):
         m["loss"] = self.world.sum_over("dp", [m["loss"]])[0] * self.world.tp / self.world.dp
         m["tokens"] = int(tokens[1])
         m["tokens_per_s"] = m["tokens"] / m["seconds"]
+        m["collectives"] = self.world.comm.summary()
         return m
 
     def grad_norm(self) -> float:
