@@ -38,6 +38,9 @@ from llmc.compiler.errors import LlmcError
 CONSOLE_ENV = "LLMC_DIST_CONSOLE"
 FAILED = re.compile(r"Container rank (\d+) status failed .*? code (-?\d+)")
 POLL_S = 0.05
+# what a rank's log ends with when another rank vanished under it, or the launcher stopped it
+PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "gloo::IoException",
+             "gloo::TimeoutException", "`Termination signal` is detected")
 
 
 def launched() -> tuple[int, int] | None:
@@ -152,10 +155,32 @@ def failed_rank(launch_log: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def rank_log(run_dir: Path, rank: int) -> str:
+    """What rank `rank` of this node wrote: its log (rank 0: and its relayed stderr)."""
+    paths = [run_dir / f"workerlog.{rank}"] + ([run_dir / "console.err"] if rank == 0 else [])
+    return "".join(p.read_text(errors="replace") for p in paths if p.exists())
+
+
+def lost_a_peer(log: str) -> bool:
+    """Whether a rank's log shows it ended because another rank went away (its connection
+    reset) or because the launcher stopped it."""
+    return any(s in log for s in PEER_GONE)
+
+
+def silent_death(run_dir: Path, failed: int) -> int | None:
+    """A rank of this node that ended with nothing in its log (SIGKILL, the OOM killer),
+    when the rank the launcher reported only lost its connection to it."""
+    if not lost_a_peer(rank_log(run_dir, failed)):
+        return None
+    ranks = sorted(int(p.suffix[1:]) for p in run_dir.glob("workerlog.*") if p.suffix[1:].isdigit())
+    quiet = [r for r in ranks if r != failed and not lost_a_peer(rank_log(run_dir, r))
+             and "Traceback" not in rank_log(run_dir, r)]
+    return quiet[0] if quiet else None
+
+
 def report_failure(run_dir: Path, launcher_code: int) -> None:
     """Raise the error of a failed launch (see run_ranks)."""
-    launch_log = (run_dir / "launch.log").read_text(errors="replace")
-    failed = failed_rank(launch_log)
+    failed = failed_rank((run_dir / "launch.log").read_text(errors="replace"))
     if failed is None:
         raise LlmcError(f"paddle.distributed.launch failed ({how_it_ended(launcher_code)}); "
                         f"its log: {run_dir / 'launch.log'}")
@@ -163,12 +188,17 @@ def report_failure(run_dir: Path, launcher_code: int) -> None:
     console = run_dir / "console.err"
     if code == 2 and rank == 0 and console.exists() and console.stat().st_size:
         raise SystemExit(2)  # a user error: rank 0 printed it already
-    log = run_dir / f"workerlog.{rank}"
-    user_error = _user_error(log) if code == 2 else None
+    user_error = _user_error(run_dir / f"workerlog.{rank}") if code == 2 else None
     if user_error is not None:
         raise LlmcError(user_error)
-    tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-8:] \
-        if log.exists() and code > 0 else []
+    first = silent_death(run_dir, rank)
+    if first is not None:
+        raise LlmcError(f"rank {first} died without a message (killed: SIGKILL, out of "
+                        f"memory?); rank {rank} lost its connection to it "
+                        f"({how_it_ended(code)}); paddle.distributed.launch stopped the other "
+                        f"ranks; logs: {run_dir}")
+    tail = [ln for ln in rank_log(run_dir, rank).splitlines() if ln.strip()][-8:] \
+        if code > 0 else []
     for line in tail:
         sys.stderr.write(f"  rank {rank}| {line}\n")
     raise LlmcError(f"rank {rank} failed ({how_it_ended(code)}); paddle.distributed.launch "

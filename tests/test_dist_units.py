@@ -172,6 +172,13 @@ def test_a_failed_rank_is_named_with_how_it_ended(tmp_path):
     (tmp_path / "workerlog.1").write_text("noise\nerror: train: --data x: no such file\n")
     with pytest.raises(LlmcError, match=r"^train: --data x: no such file$"):
         d.report_failure(tmp_path, 2)
+    (tmp_path / "launch.log").write_text(LAUNCH_LOG.format(code=-6).replace("rank 1", "rank 0"))
+    (tmp_path / "workerlog.0").write_text("gloo::IoException: Connection reset by peer\n")
+    (tmp_path / "workerlog.1").write_text("step 3\n")  # SIGKILL leaves no last words
+    with pytest.raises(LlmcError, match=r"^rank 1 died without a message \(killed: SIGKILL, "
+                                        r"out of memory\?\); rank 0 lost its connection to it "
+                                        r"\(killed by SIGABRT\)"):
+        d.report_failure(tmp_path, 250)
     (tmp_path / "launch.log").write_text("LAUNCH INFO nothing about ranks\n")
     with pytest.raises(LlmcError, match=r"paddle.distributed.launch failed \(exit code 1\)"):
         d.report_failure(tmp_path, 1)
