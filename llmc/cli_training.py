@@ -90,9 +90,9 @@ def train(
     schedule, clipping and accumulation. Writes atomic checkpoints (HF safetensors layout;
     PEFT layout for LoRA) that `llmc compile` and transformers load, metrics.jsonl and a
     loss curve; a NaN/inf loss stops the run and keeps the last good checkpoint."""
+    from llmc.distributed import launch_or_join
     from llmc.overwrite import refuse_overwriting_inputs
     from llmc.training import TrainOptions
-    from llmc.training import train as run_training
 
     refuse_overwriting_inputs([output], files=[data], dirs=[model_dir], force=force)
 
@@ -105,13 +105,19 @@ def train(
         lora_targets=lora_targets, lora_rank=lora_rank, lora_alpha=lora_alpha,
         lora_dropout=lora_dropout, tp=tp, dp=dp)
     opts.check()
-    from llmc.distributed import launch_or_join
-
     world = launch_or_join(tp, dp, nnodes, master, device)
-    if world is False:  # this process launched the ranks, which did the work
-        return
-    with progress_bar(steps, sys.stderr.isatty() and not json_out) as on_step:
-        result = run_training(opts, on_step, world=world)
+    if world is not False:  # False: this process launched the ranks, which did the work
+        _run(opts, world, json_out)
+
+
+def _run(opts, world, json_out: bool) -> None:
+    """Train in this process (one rank of a --tp/--dp job when `world` is set); print."""
+    from llmc.distributed_train import train_parallel
+    from llmc.training import train as run_training
+
+    with progress_bar(opts.steps, sys.stderr.isatty() and not json_out) as on_step:
+        result = (run_training(opts, on_step) if world is None
+                  else train_parallel(opts, world, on_step))
     if json_out:
         echo_json(result.as_dict())
     else:

@@ -257,16 +257,11 @@ def run_steps(opts: TrainOptions, model: Model, trainer, data: DataSource, start
     return result
 
 
-def train(opts: TrainOptions, on_step: Callable[[dict], None] = lambda m: None,
-          world=None) -> TrainResult:
+def train(opts: TrainOptions, on_step: Callable[[dict], None] = lambda m: None) -> TrainResult:
     """Run `llmc train` (see the module docstring); `on_step(metrics)` after every step.
-    `world`: this process is one rank of a --tp/--dp run (llmc/distributed_train.py)."""
+    One rank of a --tp/--dp run trains with llmc/distributed_train.py instead."""
     from llmc.frontends.tokenizer import load_tokenizer
 
-    if world is not None:
-        from .distributed_train import train_parallel
-
-        return train_parallel(opts, world, on_step)
     opts.check()
     model = load_model(opts)
     tokenizer = load_tokenizer(opts.model_dir)
