@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -38,6 +38,29 @@ def shard_graph(graph, tp: int, sequence_parallel: bool = False) -> None:
     run_pipeline(graph, f"shard_tensor_parallel{{tp={tp}, sequence_parallel={sp}}}")
 
 
+class GraphWeights(Mapping):
+    """The checkpoint's tensors of a graph's parameters, memory-mapped, read on access
+    (`raw`: in the stored dtype, so that a rank slices before converting)."""
+
+    def __init__(self, store, names):
+        self.store, self.names = store, list(names)
+
+    def __getitem__(self, name: str):
+        if name not in self.names:
+            raise KeyError(name)
+        return self.store[name]
+
+    def raw(self, name: str):
+        """The tensor as stored (see frontends/weights.WeightStore.raw)."""
+        return self.store.raw(name)
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
 def load_model(opts: tr.TrainOptions, world) -> tr.Model:
     """The graph this rank trains, with the checkpoint's (memory-mapped) weights."""
     if world.tp == 1:
@@ -49,9 +72,16 @@ def load_model(opts: tr.TrainOptions, world) -> tr.Model:
 
     ckpt = open_checkpoint(opts.model_dir)
     g = build_graph(ckpt.config, ckpt.naming, "full", last_token_only=False)
+    if opts.save_format == "pdparams" and not tr.invertible(ckpt.config, ckpt.naming):
+        raise LlmcError("--save-format pdparams: this model's NormHead rows are stored "
+                        "normalised in PaddleNLP's layout; use --save-format both")
     ckpt.validate({n: tuple(v.type.shape) for n, v in g.params.items()})
     shard_graph(g, world.tp)
-    return tr.Model(ckpt, g, ckpt.weights)
+    if opts.pack:
+        from llmc.segment_mask import add_segment_mask
+
+        add_segment_mask(g)
+    return tr.Model(ckpt, g, GraphWeights(ckpt.weights, g.params))
 
 
 class RankRows(tr.DataSource):
@@ -70,14 +100,10 @@ class RankRows(tr.DataSource):
 
 def make_trainer(opts: tr.TrainOptions, model: tr.Model, world):
     """The DistTrainer of this rank (LoRA: only the adapters trainable)."""
-    from llmc.runtime.paddle import TrainConfig
     from llmc.runtime.paddle.dist_program import DistProgram
     from llmc.runtime.paddle.dist_train import DistTrainer
 
-    config = TrainConfig(lr=opts.lr, weight_decay=opts.weight_decay, schedule=opts.schedule,
-                         warmup_steps=opts.warmup_steps, total_steps=opts.steps,
-                         max_grad_norm=opts.max_grad_norm, seed=opts.seed,
-                         device=str(world.device), accumulation_steps=opts.accumulation_steps)
+    config = replace(tr.train_config(opts, model), device=str(world.device))
     config.check()
     program = DistProgram(model.graph, model.weights, world)
     if model.lora is not None:
@@ -120,8 +146,10 @@ def resume_point(opts: tr.TrainOptions, model: tr.Model, trainer, data) -> int:
     found = ckpts.checkpoints(opts.out)
     if not found:
         raise LlmcError(f"--resume: no checkpoint-* with {ckpts.STATE_FILE} in {opts.out}")
-    state, weights, optimizer = ckpts.load_checkpoint(found[-1][1], model.fingerprint)
-    trainer.load_state_dict({"step": state["step"], "weights": weights, "optimizer": optimizer})
+    state, weights, optimizer = ckpts.load_checkpoint(found[-1][1], model.fingerprint,
+                                                      tr.from_pdparams(model))
+    trainer.load_state_dict({"step": state["step"], "weights": weights, "optimizer": optimizer,
+                             "rng": state.get("rng")})
     data.sampler.load_state_dict(state["data"])
     return int(state["step"])
 

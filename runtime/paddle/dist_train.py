@@ -76,9 +76,9 @@ class DistTrainer(Trainer):
         if config.max_grad_norm is not None and world.tp > 1:
             self.optimizer._grad_clip = make_clip(self.paddle, config.max_grad_norm, program)
 
-    def loss_sum(self, input_ids, labels):
+    def loss_sum(self, input_ids, labels, **inputs):
         """Trainer.loss_sum scaled for tp and dp (module doc)."""
-        total, count = super().loss_sum(input_ids, labels)
+        total, count = super().loss_sum(input_ids, labels, **inputs)
         return total * self._scale, count
 
     def step(self, batch: Mapping[str, np.ndarray]) -> dict:
