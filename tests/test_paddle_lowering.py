@@ -74,6 +74,18 @@ CASES = [
     Case("attention", f32(2, 2, 4, 8), f32(2, 5, 2, 8), f32(2, 5, 2, 8)),
     Case("attention", f32(2, 5, 6, 16), f32(2, 5, 6, 16), f32(2, 5, 6, 16), f32(2, 6, 1, 5),
          scale=0.2),
+    # tensor-parallel ops on a group of one rank (2 ranks: tests/test_dist_runtime.py)
+    Case("rank", nranks=1), Case("all_reduce", f32(2, 3), nranks=1),
+    Case("grad_all_reduce", f32(2, 3), nranks=1),
+    Case("all_gather", f32(2, 3), axis=1, nranks=1),
+    Case("reduce_scatter", f32(2, 4), axis=1, nranks=1),
+    Case("shard", f32(6, 4), np.array(1, np.int64), axis=0, parts=2),
+    Case("shard", f32(2, 12), np.array(0, np.int64), axis=1, parts=2, blocks=[8, 2, 2]),
+    Case("parallel_embedding", i64(2, 3, high=8), f32(4, 5), np.array(1, np.int64)),
+    Case("matmul_all_reduce", f32(2, 3, 4), f32(5, 4), params=[1], nranks=1),
+    Case("all_gather_matmul", f32(2, 3, 4), f32(4, 5), params=[1], axis=1, transpose_w=False,
+         nranks=1),
+    Case("matmul_reduce_scatter", f32(2, 4, 4), f32(5, 4), params=[1], axis=1, nranks=1),
 ]
 
 

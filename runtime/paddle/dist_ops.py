@@ -185,20 +185,21 @@ def _rank(op, ctx):
 
 @lowers("shard")
 def _shard(op, ctx):
-    x = op.operand("x")
+    x, rank = op.operand("x"), op.operand("rank")
     if x.is_param and x.name in getattr(ctx.kernels, "folded", ()):
         ctx.kernels.note("shard", "parameters created from their slice at load")
         return lambda env: [env[x]]
-    world = world_of(ctx)
-    rank_op = op.operand("rank").producer
-    rank_attrs = rank_op.attrs if rank_op is not None and rank_op.kind == "rank" else None
-    if rank_attrs is None:
-        raise LoweringError("op 'shard': its rank operand is not a `rank` op")
-    comm = comm_for(rank_op, ctx)
-    spec = ShardSpec.of(op.attrs, 0 if world is None else world.tp_rank)
     ctx.kernels.note("shard", "slices (gradient: all_reduce of the placed parts)")
-    shard = layer("ShardActivation")
-    return lambda env: [shard.apply(env[x], comm, spec)]
+    layer_ = layer("ShardActivation")
+    world, producer = world_of(ctx), rank.producer
+    if producer is not None and producer.kind == "rank":
+        comm = comm_for(producer, ctx)
+        spec = ShardSpec.of(op.attrs, comm.rank)
+        return lambda env: [layer_.apply(env[x], comm, spec)]
+    if world is not None and world.tp > 1:
+        raise LoweringError("op 'shard': its rank operand is not a `rank` op")
+    comm = Comm(ctx.paddle, world, None, 1)  # one rank: the rank is data
+    return lambda env: [layer_.apply(env[x], comm, ShardSpec.of(op.attrs, int(env[rank])))]
 
 
 @lowers("parallel_embedding")
