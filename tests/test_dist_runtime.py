@@ -7,8 +7,6 @@ the MC2 fused ops, and with the fused-kernel path on a stand-in NPU kernel; DP=2
 the rows each equals one process on all of them. Each step's collectives are counted."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,24 +14,15 @@ import pytest
 
 import dist_toy as toy
 import dist_worker as worker
+from dist_tools import launch, rel
 
 pytest.importorskip("paddle")
 pytestmark = pytest.mark.dist
 
-from llmc.distributed import launch_command  # noqa: E402
 from llmc.runtime.paddle import TrainConfig, Trainer  # noqa: E402
 
 TOL = 1e-5
 TP_RUNS = ["tp", "sp", "tp_mc2", "sp_mc2", "npu_mc2"]
-
-
-def launch(script: Path, out: Path, nproc: int = 2, timeout: int = 300):
-    """Run `script OUT` on nproc ranks; fail with the ranks' logs if it fails."""
-    cmd = launch_command(nproc, [sys.executable, "-u", str(script), str(out)], out / "log")
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    logs = "".join(p.read_text(errors="replace")[-3000:] for p in sorted((out / "log").glob(
-        "workerlog.*")))
-    assert done.returncode == 0, logs
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +45,6 @@ def one():
     second = t.step(toy.batch(1))
     return {"logits": logits, "greedy": greedy, "metrics": m, "state": state,
             "second": second}
-
-
-def rel(a, b) -> float:
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
 @pytest.mark.parametrize("run", TP_RUNS)
