@@ -46,15 +46,28 @@ def lowers(*kinds: str):
 
 
 class Lowering:
-    """What a lowering needs: the paddle modules and the device's kernel choice."""
+    """What a lowering needs: the paddle modules, the device's kernel choice and the graph."""
 
-    def __init__(self, kernels: Kernels):
+    def __init__(self, kernels: Kernels, graph: Graph | None = None):
         paddle = import_paddle()
         import paddle.incubate.nn.functional as incubate
         import paddle.nn.functional as functional
 
         self.paddle, self.F, self.IF = paddle, functional, incubate
-        self.kernels = kernels
+        self.kernels, self.graph = kernels, graph
+        self._readers: dict[Value, int] | None = None
+
+    def sole_reader(self, v: Value) -> bool:
+        """Whether one op reads `v` and the graph does not return it: a lowering may then
+        update v's tensor in place (as Paddle's own cache-writing kernels do)."""
+        if self.graph is None:
+            return False
+        if self._readers is None:
+            self._readers = {}
+            for op in self.graph.ops:
+                for x in op.inputs:
+                    self._readers[x] = self._readers.get(x, 0) + 1
+        return self._readers.get(v, 0) == 1 and v not in self.graph.outputs
 
     def const(self, arr: np.ndarray):
         """A constant tensor (no gradient)."""
@@ -84,13 +97,12 @@ def last_uses(g: Graph) -> dict[int, list[Value]]:
 
 def lower_ops(graph: Graph, kernels: Kernels) -> list[tuple[Op, Step]]:
     """Each op of `graph` with its Paddle step; an op without a lowering is an error."""
-    ctx = Lowering(kernels)
+    ctx = Lowering(kernels, graph)
     steps = []
     for op in graph.ops:
         fn = LOWERINGS.get(op.kind)
         if fn is None:
-            raise LoweringError(f"op '{op.kind}' has no Paddle lowering; compile for a per-op "
-                                "target (cpu, cuda, mlu370, bi150) or the full form")
+            raise LoweringError(f"op '{op.kind}' has no Paddle lowering")
         steps.append((op, fn(op, ctx)))
     return steps
 
@@ -99,15 +111,16 @@ class PaddleProgram:
     """A graph lowered to Paddle on one device, with its weights as Paddle parameters.
 
     `program(inputs)` runs the graph (inputs by name, numpy arrays or tensors) and returns
-    its outputs as tensors; float parameters are trainable unless `trainable=False`.
-    `kernels.report()` says which kernel each op kind ran with."""
+    its outputs as tensors; float parameters are trainable unless `trainable=False`
+    (then forward-only kernels qualify too). `kernels.report()` says which kernel each op
+    kind ran with."""
 
     def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], *, device: str = "cpu",
                  trainable: bool = True, kernels: Kernels | None = None):
         self.paddle = import_paddle()
         self.place = place_for(device)
         self.graph = graph
-        self.kernels = kernels or choose_kernels(device)
+        self.kernels = kernels or choose_kernels(device, inference=not trainable)
         self.params = {name: self._param(v, weights, trainable) for name, v in graph.params.items()}
         self.steps = lower_ops(graph, self.kernels)
         self._frees = last_uses(graph)
