@@ -122,3 +122,25 @@ def test_cli_streams_text_on_paddle(monkeypatch, capsys, ascend_arts):
                              "--prompt", PROMPT, "-n", "4", "--runtime", "paddle")
     assert code == 0, err
     assert out.strip() and err.startswith("paddle: prefill ")
+
+
+def test_forward_only_program_runs_the_weight_concats_once():
+    """ascend910b's qkv / gate_up weight concats read weights only: a forward-only program
+    runs them at load and lets the weights they consumed go; outputs are unchanged."""
+    from llmc.runtime.generate import Generator
+    from llmc.runtime.paddle import PaddleProgram, choose_kernels
+    from llmc.runtime.reference import run
+
+    g, w = ascend_graph("llama_gqa")
+    ours = PaddleProgram(g, w, trainable=False)
+    concats = [op for op in g.ops if op.kind == "concat"]
+    assert concats and all(op.outputs[0] in ours.constants for op in concats)
+    assert not any("q_proj" in name or "gate_proj" in name for name in ours.params)
+    assert len(PaddleProgram(g, w, kernels=choose_kernels("cpu", frozenset())).params) == len(w)
+    s = Generator(g, w).new_session(2, 8)
+    feeds = {"input_ids": np.asarray([[3, 4, 5], [6, 7, 0]]),
+             "seq_lens_this_time": np.asarray([3, 2], np.int32),
+             "seq_lens_encoder": np.asarray([3, 2], np.int32),
+             "seq_lens_decoder": np.zeros(2, np.int32), "block_tables": s.tables, **s.caches}
+    for _ in range(2):  # (the folded values survive a call)
+        np.testing.assert_allclose(ours(feeds)[0].numpy(), run(g, feeds, w)[0], atol=1e-5)

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
 
 from llmc.compiler.errors import LlmcError
 from llmc.compiler.ir import DType
@@ -24,9 +27,16 @@ from .lower import Lowering, lowers, operand_reader
 from .nn_ops import rms_norm_fn, rope_tables, rotate, swiglu_fn
 
 PACKING = "composite (masked_select / cumsum)"
-ATTENTION = "composite: paged gather, rope/ALiBi, paddle.nn.functional.scaled_dot_product_attention"
+ATTENTION = "composite: paged gather, rope/ALiBi, matmul-softmax-matmul over the fed sequences"
 LAYER = ("composite: fused_rms_norm, linear, block_multihead_attention, fused_bias_act, "
          "with the kernels reported under those kinds")
+
+
+@lru_cache(maxsize=512)
+def iota(ctx: Lowering, n: int):
+    """0 .. n-1 as an int64 tensor, kept per lowering (paddle.arange costs ~100 us a call,
+    many times an elementwise op on these sizes)."""
+    return ctx.const(np.arange(n, dtype=np.int64))
 
 
 # ---- packing --------------------------------------------------------------------------
@@ -36,11 +46,11 @@ def pack(ctx: Lowering, ids, cum_offsets, lens) -> list:
     p = ctx.paddle
     lens = lens.reshape([-1]).astype("int64")
     width = ids.shape[1]
-    valid = p.arange(width, dtype="int64").unsqueeze(0) < lens.unsqueeze(1)
+    valid = iota(ctx, width).unsqueeze(0) < lens.unsqueeze(1)
     packed = p.masked_select(ids, valid)
     zero = p.zeros([1], "int32")
     before = p.concat([zero, cum_offsets.reshape([-1])[:-1].astype("int32")])
-    rows = p.repeat_interleave(p.arange(lens.shape[0], dtype="int64"), lens)
+    rows = p.repeat_interleave(iota(ctx, lens.shape[0]), lens)
     cu = p.concat([zero, p.cumsum(lens, axis=0).astype("int32")])
     return [packed, before, p.gather(before, rows), cu, cu.clone()]
 
@@ -83,7 +93,7 @@ def rebuild(ctx: Lowering, h, cum_offsets, dec, enc, max_len):
     width = int(max_len.reshape([-1])[0])
     dec, enc = dec.astype("int64"), enc.astype("int64")
     seq_id = p.where(dec == 0, enc - 1, p.zeros_like(dec))
-    index = p.arange(batch, dtype="int64") * width - cum_offsets.astype("int64") + seq_id
+    index = iota(ctx, batch) * width - cum_offsets.astype("int64") + seq_id
     rows = p.gather(h, p.clip(index, 0, h.shape[0] - 1))
     ran = ((dec != 0) | (enc != 0)).unsqueeze(1)
     return p.where(ran, rows, p.zeros_like(rows))
@@ -139,14 +149,16 @@ class Paged:
 
 @dataclass
 class Batch:
-    """Where each packed token sits: its sequence, its position; per sequence the positions
-    already cached and held after this step."""
+    """One step's token layout: each packed token's live sequence (`live`: the sequences fed
+    this step, in order), its offset in it and its position; per live sequence the
+    positions cached before this step and its block table; the most positions a sequence
+    holds after it and the most tokens one is fed."""
 
-    seq_of: object
+    live: object
     offset: object
     pos: object
     past: object
-    lens: object
+    tables: object
     held: int
     longest: int
 
@@ -164,35 +176,39 @@ def batch_layout(ctx: Lowering, a: Paged, enc, dec, this_time, cu_q, tables) -> 
         raise LlmcError(f"block_multihead_attention: sequence {b} needs {held} positions; the "
                         f"block table holds {tables.shape[1] * a.block_size}, max_seq_len "
                         f"{a.max_seq_len}")
-    seq_of = p.repeat_interleave(p.arange(lens.shape[0], dtype="int64"), lens)
-    offset = p.arange(seq_of.shape[0], dtype="int64") - p.gather(cu_q.astype("int64"), seq_of)
-    pos = p.gather(past, seq_of) + offset
-    return Batch(seq_of, offset, pos, past, lens, held, int(lens.max()))
+    seq_of = p.repeat_interleave(iota(ctx, lens.shape[0]), lens)
+    offset = iota(ctx, seq_of.shape[0]) - p.gather(cu_q.astype("int64"), seq_of)
+    fed = p.nonzero(lens > 0).reshape([-1])
+    live = p.gather(p.cumsum((lens > 0).astype("int64"), axis=0) - 1, seq_of)
+    return Batch(live, offset, p.gather(past, seq_of) + offset, p.gather(past, fed),
+                 p.gather(tables, fed), held, int(lens.max()))
 
 
 def write_cache(ctx: Lowering, cache, new, blocks, slots, in_place: bool):
     """cache [blocks, kv, block_size, d] with new [tokens, kv, d] at (blocks[t], :, slots[t])."""
     p = ctx.paddle
     out = cache if in_place else cache.clone()
-    heads = p.arange(cache.shape[1], dtype="int64").unsqueeze(0)
+    heads = iota(ctx, cache.shape[1]).unsqueeze(0)
     return p.index_put_(out, (blocks.unsqueeze(1), heads, slots.unsqueeze(1)), new)
 
 
 def read_cache(ctx: Lowering, cache, tables, n_blocks: int):
-    """The first n_blocks blocks of each sequence: [batch, n_blocks * block_size, kv, d]."""
+    """The first n_blocks blocks of each sequence: [batch, kv, n_blocks * block_size, d].
+    (Blocks are gathered whole and only their outer dims swapped: Paddle's CPU transpose
+    of the inner dims is ~10x slower.)"""
     p = ctx.paddle
     ids = p.clip(tables[:, :n_blocks].astype("int64"), min=0)  # (-1 marks unused entries)
     blocks = p.gather(cache, ids.reshape([-1]))
     b, (_, kv, bs, d) = tables.shape[0], cache.shape
-    return blocks.reshape([b, n_blocks, kv, bs, d]).transpose([0, 1, 3, 2, 4]).reshape(
-        [b, n_blocks * bs, kv, d])
+    return blocks.reshape([b, n_blocks, kv, bs, d]).transpose([0, 2, 1, 3, 4]).reshape(
+        [b, kv, n_blocks * bs, d])
 
 
 def attention_mask(ctx: Lowering, a: Paged, lay: Batch, keys: int):
-    """0 (or the ALiBi bias) where a query may see a key, -inf elsewhere: [batch, 1|H, S, K]."""
+    """0 (or the ALiBi bias) where a query may see a key, -inf elsewhere: [live, 1|H, S, K]."""
     p = ctx.paddle
-    qpos = lay.past.unsqueeze(1) + p.arange(lay.longest, dtype="int64").unsqueeze(0)
-    kpos = p.arange(keys, dtype="int64")
+    qpos = lay.past.unsqueeze(1) + iota(ctx, lay.longest).unsqueeze(0)
+    kpos = iota(ctx, keys)
     allowed = (kpos.reshape([1, 1, keys]) <= qpos.unsqueeze(2)).unsqueeze(1)
     if a.use_alibi:
         slopes = ctx.const(alibi_slopes(a.num_heads).reshape(1, -1, 1, 1))
@@ -200,6 +216,23 @@ def attention_mask(ctx: Lowering, a: Paged, lay: Batch, keys: int):
         bias = slopes * dist.astype("float32")
         return p.where(allowed, bias, p.full([1], float("-inf"), "float32"))
     return p.where(allowed, p.zeros([1], "float32"), p.full([1], float("-inf"), "float32"))
+
+
+def attend(ctx: Lowering, a: Paged, q, keys, vals, lay: Batch):
+    """Softmax attention of packed q [tokens, H, D] over keys/vals [live, KV, K, D], head
+    h reading kv head h // (H / KV); [tokens, H * D]."""
+    p = ctx.paddle
+    h, kv, d = a.num_heads, a.kv_heads, a.head_dim
+    n, s, k = lay.tables.shape[0], lay.longest, keys.shape[2]
+    at = p.stack([lay.live.unsqueeze(1).expand([q.shape[0], h]),
+                  iota(ctx, h).unsqueeze(0).expand([q.shape[0], h]),
+                  lay.offset.unsqueeze(1).expand([q.shape[0], h])], axis=-1)
+    padded = p.scatter_nd_add(p.zeros([n, h, s, d], q.dtype), at, q)  # [live, H, S, D]
+    scores = p.matmul(padded.reshape([n, kv, -1, d]), keys, transpose_y=True)
+    scores = scores.reshape([n, h, s, k]) * (1.0 / math.sqrt(d))
+    probs = ctx.F.softmax(scores + attention_mask(ctx, a, lay, k), axis=-1)
+    out = p.matmul(probs.reshape([n, kv, -1, k]), vals).reshape([n, h, s, d])
+    return p.gather_nd(out, at).reshape([q.shape[0], h * d])
 
 
 def block_attention(ctx: Lowering, a: Paged, qkv, cache_k, cache_v, enc, dec, this_time, cu_q,
@@ -219,19 +252,13 @@ def block_attention(ctx: Lowering, a: Paged, qkv, cache_k, cache_v, enc, dec, th
         cos, sin = rope_tables(ctx, lay.pos, d, a.rope_theta, a.rope_scaling_factor)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q, k = (rotate(ctx, t, cos, sin, a.use_neox_style) for t in (q, k))
-    blocks = p.gather_nd(tables.astype("int64"), p.stack([lay.seq_of, lay.pos // bs], axis=1))
+    blocks = p.gather_nd(lay.tables.astype("int64"), p.stack([lay.live, lay.pos // bs], axis=1))
     slots = lay.pos % bs
     ck = write_cache(ctx, cache_k, k, blocks, slots, in_place)
     cv = write_cache(ctx, cache_v, v, blocks, slots, in_place)
     n_blocks = -(-lay.held // bs)
-    keys, vals = (read_cache(ctx, c, tables, n_blocks) for c in (ck, cv))
-    row = lay.seq_of * lay.longest + lay.offset  # each token's row in the padded queries
-    padded = p.scatter(p.zeros([tables.shape[0] * lay.longest, h, d], q.dtype), row, q)
-    padded = padded.reshape([tables.shape[0], lay.longest, h, d])
-    out = ctx.F.scaled_dot_product_attention(
-        padded, keys, vals, attn_mask=attention_mask(ctx, a, lay, keys.shape[1]),
-        training=False, scale=1.0 / math.sqrt(d))
-    return [p.gather(out.reshape([-1, h * d]), row), ck, cv]
+    keys, vals = (read_cache(ctx, c, lay.tables, n_blocks) for c in (ck, cv))
+    return [attend(ctx, a, q, keys, vals, lay), ck, cv]
 
 
 def note_attention(ctx: Lowering, qkv_dtype: DType) -> None:

@@ -111,9 +111,11 @@ class PaddleProgram:
     """A graph lowered to Paddle on one device, with its weights as Paddle parameters.
 
     `program(inputs)` runs the graph (inputs by name, numpy arrays or tensors) and returns
-    its outputs as tensors; float parameters are trainable unless `trainable=False`
-    (then forward-only kernels qualify too). `kernels.report()` says which kernel each op
-    kind ran with."""
+    its outputs as tensors; float parameters are trainable unless `trainable=False`.
+    A forward-only program (`trainable=False`) may take forward-only kernels, and runs the
+    ops that read only weights (e.g. ascend910b's qkv / gate_up weight concats) once, here:
+    their results stay, and the parameters nothing else reads are let go.
+    `kernels.report()` says which kernel each op kind ran with."""
 
     def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], *, device: str = "cpu",
                  trainable: bool = True, kernels: Kernels | None = None):
@@ -125,6 +127,25 @@ class PaddleProgram:
         self.steps = lower_ops(graph, self.kernels)
         self._frees = last_uses(graph)
         self.segments = segments(graph)
+        self.constants: Env = {v: self.params[v.name] for v in graph.params.values()}
+        self._folded: set[int] = set() if trainable else self._fold_weight_ops()
+
+    def _fold_weight_ops(self) -> set[int]:
+        """Run the steps whose operands are all weights or their results, once; keep in
+        `constants` only what the other steps read or the graph returns."""
+        folded: set[int] = set()
+        with self.paddle.no_grad():
+            for i, (op, step) in enumerate(self.steps):
+                if all(v in self.constants for v in op.inputs):
+                    self.constants.update(zip(op.outputs, step(self.constants)))
+                    folded.add(i)
+        needed = set(self.graph.outputs)
+        for i, (op, _) in enumerate(self.steps):
+            if i not in folded:
+                needed.update(op.inputs)
+        self.constants = {v: t for v, t in self.constants.items() if v in needed}
+        self.params = {v.name: t for v, t in self.constants.items() if v.is_param}
+        return folded
 
     def _param(self, v: Value, weights: Mapping[str, np.ndarray], trainable: bool):
         try:
@@ -151,7 +172,7 @@ class PaddleProgram:
     def __call__(self, inputs: Mapping[str, object], recompute: bool = False) -> list:
         """The graph's outputs for `inputs`; `recompute` keeps no activation inside a
         decoder layer for the backward pass (each layer is run again there)."""
-        env: Env = {v: self.params[v.name] for v in self.graph.params.values()}
+        env: Env = dict(self.constants)
         for v in self.graph.inputs:
             if v.name not in inputs:
                 raise LoweringError(f"missing graph input %{v.name}")
@@ -170,17 +191,16 @@ class PaddleProgram:
     def _run_steps(self, env: Env, start: int, stop: int) -> None:
         for i in range(start, stop):
             op, step = self.steps[i]
-            env.update(zip(op.outputs, step(env)))
+            if i not in self._folded:
+                env.update(zip(op.outputs, step(env)))
             for v in self._frees.get(i, ()):
                 env.pop(v, None)
 
     def _recompute(self, env: Env, seg: Segment) -> None:
         from paddle.distributed.fleet.utils import recompute
 
-        params = {v: self.params[v.name] for v in self.graph.params.values()}
-
         def run(*tensors):
-            local = dict(params)
+            local = dict(self.constants)
             local.update(zip(seg.inputs, tensors))
             self._run_steps(local, seg.start, seg.stop)
             return tuple(local[v] for v in seg.outputs)
