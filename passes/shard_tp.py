@@ -64,6 +64,7 @@ def _shard_weights(g: Graph, rank: Value, heads: plan.Heads | None,
                    tp: int) -> dict[Value, str]:
     """Replace every role parameter's uses by this rank's slice; the slices by role."""
     sliced: dict[Value, str] = {}
+    anchor = _after(g, rank)
     for name, role in plan.roles(g).items():
         p = g.params[name]
         s = plan.slice_of(role, p, heads, tp)
@@ -72,11 +73,22 @@ def _shard_weights(g: Graph, rank: Value, heads: plan.Heads | None,
         ops = plan.shard_param(g, p, role, s, rank)
         if role == "grouped" and s.replicas > 1:
             ops += plan.grouped_qkv(g, ops[0].output, heads, rank, ops[0].attrs["axis"])
-        first = min(p.users, key=lambda o: o.seq)
-        g.insert_before(first, ops)
+        if anchor is None:
+            for op in ops:
+                g.append(op)
+        else:
+            g.insert_before(anchor, ops)
         comm.rewire(g, p, ops[-1].output, keep=ops[0])
         sliced[ops[-1].output] = role
     return sliced
+
+
+def _after(g: Graph, v: Value) -> Op | None:
+    """The op after v's producer: weight slices go first, so that fusions merging sibling
+    linears (fuse_qkv, fuse_gate_up) find every slice defined before the first linear."""
+    ops = g.ops
+    i = ops.index(v.producer) + 1
+    return ops[i] if i < len(ops) else None
 
 
 def _check_grouped(p: Value, heads: plan.Heads) -> None:
@@ -106,7 +118,7 @@ def _add_collectives(c: comm.Comm, sliced: dict[Value, str], gather: bool) -> No
 
 def shard_tensor_parallel(g: Graph, ctx: PassContext, tp: int, sequence_parallel: bool,
                           gather_logits: bool) -> int:
-    if tp == 1:
+    if tp == 1 or not plan.roles(g):
         return 0
     if sequence_parallel:
         comm.check_full_form(g)
@@ -131,7 +143,8 @@ def shard_tensor_parallel(g: Graph, ctx: PassContext, tp: int, sequence_parallel
 
 
 def _expected(g: Graph, tp: int) -> int:
-    """One per parameter with a role (projections, embedding, lm_head); none at tp=1."""
+    """One per parameter with a role (projections, embedding, lm_head); none at tp=1 (the
+    graph is left alone then, as it is when no parameter has a role)."""
     return 0 if tp == 1 else len(plan.roles(g))
 
 

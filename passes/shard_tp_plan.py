@@ -208,7 +208,8 @@ def shard_param(g: Graph, p: Value, role: str, s: Slice, rank: Value) -> list[Op
     """The ops giving this rank's slice of `p` (not yet placed)."""
     attrs = {"axis": slice_axis(role, p, s), "parts": s.parts, "replicas": s.replicas,
              "blocks": s.blocks}
-    return [make_op(g, "shard", [p, rank], attrs, name="w_shard")]
+    stem = p.name[: -len(".weight")] if p.name.endswith(".weight") else p.name
+    return [make_op(g, "shard", [p, rank], attrs, name=f"{stem}.shard")]
 
 
 def grouped_qkv(g: Graph, group_w: Value, heads: Heads, rank: Value, axis: int) -> list[Op]:
@@ -217,12 +218,13 @@ def grouped_qkv(g: Graph, group_w: Value, heads: Heads, rank: Value, axis: int) 
     of the query heads and the whole k and v: [q share, k, v], the grouped layout with one
     kv head and `group_local` query heads."""
     d, rep = heads.head_dim, heads.kv_replicas
-    split = make_op(g, "split", [group_w], {"axis": axis, "sizes": (heads.group * d, d, d)})
+    split = make_op(g, "split", [group_w], {"axis": axis, "sizes": (heads.group * d, d, d)},
+                    name="group_q")
     q, k, v = split.outputs
-    c = make_op(g, "constant", [], {"value": [float(rep)], "dtype": DType.i64})
-    outer = make_op(g, "div", [rank, c.output], {})
+    c = make_op(g, "constant", [], {"value": [float(rep)], "dtype": DType.i64}, name="kv_replicas")
+    outer = make_op(g, "div", [rank, c.output], {}, name="kv_group")
     base = make_op(g, "mul", [outer.output, c.output], {})
     inner = make_op(g, "sub", [rank, base.output], {}, name="group_rank")
-    q_r = make_op(g, "shard", [q, inner.output], {"axis": axis, "parts": rep})
+    q_r = make_op(g, "shard", [q, inner.output], {"axis": axis, "parts": rep}, name="q_share")
     cat = make_op(g, "concat", [q_r.output, k, v], {"axis": axis}, name="qkv_shard")
     return [split, c, outer, base, inner, q_r, cat]
