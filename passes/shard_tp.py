@@ -62,30 +62,39 @@ def _rank_op(g: Graph, tp: int) -> Value:
 
 def _shard_weights(g: Graph, rank: Value, heads: plan.Heads | None,
                    tp: int) -> dict[Value, str]:
-    """Replace every role parameter's uses by this rank's slice; the slices by role."""
+    """Replace every role parameter's uses by this rank's slice; the slices by role.
+    The slices go first in the graph, so that fusions merging sibling linears (fuse_qkv,
+    fuse_gate_up) find every slice defined before the first linear."""
     sliced: dict[Value, str] = {}
     anchor = _after(g, rank)
+    in_group = None  # rank mod kv replicas, made once for all grouped qkv_proj
     for name, role in plan.roles(g).items():
         p = g.params[name]
         s = plan.slice_of(role, p, heads, tp)
         if role == "grouped":
             _check_grouped(p, heads)
-        ops = plan.shard_param(g, p, role, s, rank)
+        (cut,) = ops = plan.shard_param(g, p, role, s, rank)
         if role == "grouped" and s.replicas > 1:
-            ops += plan.grouped_qkv(g, ops[0].output, heads, rank, ops[0].attrs["axis"])
-        if anchor is None:
-            for op in ops:
-                g.append(op)
-        else:
-            g.insert_before(anchor, ops)
-        comm.rewire(g, p, ops[-1].output, keep=ops[0])
+            if in_group is None:
+                ops = plan.group_rank(g, rank, s.replicas) + ops
+                in_group = ops[-2].output
+            ops += plan.grouped_qkv(g, cut.output, heads, in_group, cut.attrs["axis"])
+        _place(g, anchor, ops)
+        comm.rewire(g, p, ops[-1].output, keep=cut)
         sliced[ops[-1].output] = role
     return sliced
 
 
+def _place(g: Graph, anchor: Op | None, ops: list[Op]) -> None:
+    if anchor is None:
+        for op in ops:
+            g.append(op)
+    else:
+        g.insert_before(anchor, ops)
+
+
 def _after(g: Graph, v: Value) -> Op | None:
-    """The op after v's producer: weight slices go first, so that fusions merging sibling
-    linears (fuse_qkv, fuse_gate_up) find every slice defined before the first linear."""
+    """The op after v's producer (None: v's producer is the last op)."""
     ops = g.ops
     i = ops.index(v.producer) + 1
     return ops[i] if i < len(ops) else None

@@ -212,19 +212,26 @@ def shard_param(g: Graph, p: Value, role: str, s: Slice, rank: Value) -> list[Op
     return [make_op(g, "shard", [p, rank], attrs, name=f"{stem}.shard")]
 
 
-def grouped_qkv(g: Graph, group_w: Value, heads: Heads, rank: Value, axis: int) -> list[Op]:
-    """PaddleNLP qkv_proj when tp > kv heads: `group_w` is one kv group's [q heads.., k, v]
-    features (replicated over `kv_replicas` ranks); each rank of the group keeps its share
-    of the query heads and the whole k and v: [q share, k, v], the grouped layout with one
-    kv head and `group_local` query heads."""
-    d, rep = heads.head_dim, heads.kv_replicas
-    split = make_op(g, "split", [group_w], {"axis": axis, "sizes": (heads.group * d, d, d)},
-                    name="group_q")
-    q, k, v = split.outputs
-    c = make_op(g, "constant", [], {"value": [float(rep)], "dtype": DType.i64}, name="kv_replicas")
+def group_rank(g: Graph, rank: Value, replicas: int) -> list[Op]:
+    """rank mod replicas: this rank's place among the ranks sharing one kv head."""
+    c = make_op(g, "constant", [], {"value": [float(replicas)], "dtype": DType.i64},
+                name="kv_replicas")
     outer = make_op(g, "div", [rank, c.output], {}, name="kv_group")
     base = make_op(g, "mul", [outer.output, c.output], {})
     inner = make_op(g, "sub", [rank, base.output], {}, name="group_rank")
-    q_r = make_op(g, "shard", [q, inner.output], {"axis": axis, "parts": rep}, name="q_share")
+    return [c, outer, base, inner]
+
+
+def grouped_qkv(g: Graph, group_w: Value, heads: Heads, in_group: Value, axis: int) -> list[Op]:
+    """PaddleNLP qkv_proj when tp > kv heads: `group_w` is one kv group's [q heads.., k, v]
+    features (replicated over `kv_replicas` ranks); rank `in_group` of the group keeps its
+    share of the query heads and the whole k and v: [q share, k, v], the grouped layout
+    with one kv head and `group_local` query heads."""
+    d = heads.head_dim
+    split = make_op(g, "split", [group_w], {"axis": axis, "sizes": (heads.group * d, d, d)},
+                    name="group_q")
+    q, k, v = split.outputs
+    q_r = make_op(g, "shard", [q, in_group], {"axis": axis, "parts": heads.kv_replicas},
+                  name="q_share")
     cat = make_op(g, "concat", [q_r.output, k, v], {"axis": axis}, name="qkv_shard")
-    return [split, c, outer, base, inner, q_r, cat]
+    return [split, q_r, cat]
