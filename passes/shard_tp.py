@@ -38,6 +38,8 @@ The match count is the number of parameters sharded; the per-rank parameter byte
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 from llmc.compiler.builder import make_op
 from llmc.compiler.ir import Graph, Op, Value
@@ -129,6 +131,8 @@ def shard_tensor_parallel(g: Graph, ctx: PassContext, tp: int, sequence_parallel
                           gather_logits: bool) -> int:
     if tp == 1 or not plan.roles(g):
         return 0
+    if "rank" in g.op_counts():
+        raise plan.fail("the graph is already sharded (it has a rank op)")
     if sequence_parallel:
         comm.check_full_form(g)
     comm.check_block_alibi(g)
@@ -157,26 +161,28 @@ def _expected(g: Graph, tp: int) -> int:
     return 0 if tp == 1 else len(plan.roles(g))
 
 
-def _nbytes(v: Value) -> int:
-    return int(np.prod(v.type.shape, dtype=np.int64)) * v.type.dtype.np.itemsize
+def _nbytes(v: Value, itemsize: Mapping[str, int] | None, name: str) -> int:
+    size = (itemsize or {}).get(name, v.type.dtype.np.itemsize)
+    return int(np.prod(v.type.shape, dtype=np.int64)) * size
 
 
-def param_bytes(g: Graph) -> int:
-    """The bytes of all parameters of `g`, whole."""
-    return sum(_nbytes(p) for p in g.params.values())
+def param_bytes(g: Graph, itemsize: Mapping[str, int] | None = None) -> int:
+    """The bytes of all parameters of `g`, whole. `itemsize` (parameter name → bytes per
+    element, e.g. from the checkpoint's stored dtypes) overrides the graph dtype's."""
+    return sum(_nbytes(p, itemsize, n) for n, p in g.params.items())
 
 
-def per_rank_param_bytes(g: Graph) -> int:
+def per_rank_param_bytes(g: Graph, itemsize: Mapping[str, int] | None = None) -> int:
     """The parameter bytes one rank of a sharded graph reads: a parameter used only through
-    `shard` ops counts the largest slice taken, any other one whole. (On an unsharded
-    graph: `param_bytes`.)"""
+    `shard` ops counts the largest slice taken, any other one whole (on an unsharded graph
+    that is `param_bytes`). `itemsize` as for `param_bytes`."""
     total = 0
-    for p in g.params.values():
+    for n, p in g.params.items():
         users: list[Op] = list(p.users)
         if users and all(u.kind == "shard" and u.operand("x") is p for u in users):
-            total += max(_nbytes(u.output) for u in users)
+            total += max(_nbytes(u.output, itemsize, n) for u in users)
         else:
-            total += _nbytes(p)
+            total += _nbytes(p, itemsize, n)
     return total
 
 

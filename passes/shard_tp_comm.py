@@ -135,6 +135,8 @@ def local_attention(c: Comm, heads: Heads) -> None:
             caches = [op.operand("cache_k"), op.operand("cache_v")]
         elif op.kind == "kv_cache_update":
             caches = [op.operand("past")]
+        elif op.kind == "cached_attention":
+            caches = [op.operand("past_k"), op.operand("past_v")]
         else:
             continue
         for v in caches:

@@ -6,8 +6,9 @@
   its leading output dim shrunk to match (H → H/tp heads, hidden → hidden/tp). The
   PaddleNLP grouped qkv ([.., kv, group + 2, d]) with replicated kv heads is the one
   reshape that instead becomes [.., 1, local group + 2, d].
-- `split` on a shrunk axis: every size scales alike (Baichuan's W_pack q/k/v blocks), or
-  the grouped qkv's [group, 1, 1] becomes [local group, 1, 1].
+- `split` on a shrunk axis: a split of a linear on concatenated weights takes their new
+  widths; otherwise every size scales alike (Baichuan's W_pack q/k/v blocks), or the
+  grouped qkv's [group, 1, 1] becomes [local group, 1, 1].
 - GQA `repeat_kv` (a concat of one value `group` times): `local group` copies.
 
 Anything else whose type no longer infers is a graph this pass was not written for: an
@@ -99,12 +100,28 @@ def _reshape_attrs(op: Op, old_in: TensorType, old_out: TensorType, heads: Heads
     return {**op.attrs, "shape": tuple(shape)}
 
 
+def _packed_sizes(op: Op, axis: int) -> tuple | None:
+    """The out features of each weight of `split(linear(x, concat(w..)))` (fuse_qkv's
+    merged q/k/v, whose slices need not shrink alike), or None."""
+    lin, n = op.operand("x").producer, len(op.attrs["sizes"])
+    if lin is None or lin.kind != "linear" or axis != lin.output.type.rank - 1:
+        return None
+    cat = lin.operand("w").producer
+    if cat is None or cat.kind != "concat" or len(cat.inputs) != n:
+        return None
+    sizes = tuple(w.type.shape[0 if lin.attrs["transpose_w"] else 1] for w in cat.inputs)
+    return sizes if all(isinstance(s, int) for s in sizes) else None
+
+
 def _split_attrs(op: Op, old_in: TensorType, heads: Heads | None) -> dict:
     axis = op.attrs["axis"] % old_in.rank
     was, now = old_in.shape[axis], op.operand("x").type.shape[axis]
     sizes = op.attrs["sizes"]
     if was == now:
         return op.attrs
+    packed = _packed_sizes(op, axis)
+    if packed is not None:
+        return {**op.attrs, "sizes": packed}
     if isinstance(was, int) and isinstance(now, int):
         if all(s * now % was == 0 for s in sizes):
             return {**op.attrs, "sizes": tuple(s * now // was for s in sizes)}

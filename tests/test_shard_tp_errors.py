@@ -161,3 +161,37 @@ def test_the_sharded_graph_prints_and_parses_back():
     assert counts["rank"] == 1 and counts["all_reduce"] == 2 * m.cfg.num_layers + 1
     assert counts["grad_all_reduce"] == 2 * m.cfg.num_layers + 1
     assert np.all([op.attrs["nranks"] == 8 for op in g.ops if "nranks" in op.attrs])
+
+
+def test_stored_itemsize_overrides_the_graph_dtype():
+    m = model("llama_gqa", "cache")
+    g, _, _ = shard(m, 2)
+    half = {n: 2 for n in g.params}
+    assert param_bytes(g, half) * 2 == param_bytes(g)
+    assert per_rank_param_bytes(g, half) * 2 == per_rank_param_bytes(g)
+
+
+def test_a_sharded_graph_is_not_sharded_again():
+    m = model("llama_gqa", "cache")
+    g, _, _ = shard(m, 2)
+    with pytest.raises(LlmcError, match="already sharded"):
+        _run(g, "shard_tensor_parallel{tp=2}")
+
+
+def test_after_fusion_the_cached_attention_caches_are_split_too():
+    """The pass is meant to run first, but a fused cache form shards as well."""
+    from shard_tp_tools import cache_feeds, rank_feeds
+
+    from llmc.passes.pipelines import pipeline_for
+    from llmc.runtime.reference import run
+    from llmc.runtime.simulate import simulate
+
+    m = model("llama_gqa", "cache")
+    api.run_pipeline(m.graph, pipeline_for("cpu"))
+    assert "cached_attention" in m.graph.op_counts()
+    g, _, _ = shard(m, 4)
+    feeds = cache_feeds(m.graph, m.cfg)
+    want = run(m.graph, feeds, m.weights)
+    got = simulate(g, rank_feeds(m.graph, g, feeds, 4), m.weights)
+    for outs in got:
+        np.testing.assert_allclose(outs[0], want[0], rtol=1e-5, atol=1e-5)
