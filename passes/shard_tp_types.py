@@ -9,7 +9,7 @@
 - `split` on a shrunk axis: a split of a linear on concatenated weights takes their new
   widths; otherwise every size scales alike (Baichuan's W_pack q/k/v blocks), or the
   grouped qkv's [group, 1, 1] becomes [local group, 1, 1].
-- GQA `repeat_kv` (a concat of one value `group` times): `local group` copies.
+- GQA `repeat_kv` (concat of one unsqueezed kv value `group` times): `local group` copies.
 
 Anything else whose type no longer infers is a graph this pass was not written for: an
 error naming the op, never a silently wrong graph.
@@ -131,9 +131,14 @@ def _split_attrs(op: Op, old_in: TensorType, heads: Heads | None) -> dict:
 
 
 def _concat_attrs(op: Op, heads: Heads | None) -> list | None:
-    """The operands of a GQA repeat (one value `group` times) at this rank's group size."""
+    """The operands of HF's GQA `repeat_kv`, concat(unsqueeze(kv, [2]) × group, axis 2),
+    at this rank's group size (which changes when kv heads are replicated, or with a
+    single kv head, even though the kv operand keeps its type then)."""
     xs = op.operands("xs")
-    if heads is None or len(set(xs)) != 1 or len(xs) != heads.group:
+    if heads is None or len(set(xs)) != 1 or len(xs) != heads.group or op.attrs["axis"] != 2:
+        return None
+    un = xs[0].producer
+    if un is None or un.kind != "unsqueeze" or tuple(un.attrs["axes"]) != (2,):
         return None
     return [xs[0]] * heads.group_local
 
@@ -156,7 +161,7 @@ def reinfer(g: Graph, old: Snapshot, heads: Heads | None) -> None:
     """Re-infer every op's result types in program order (see the module docstring)."""
     for op in g.ops:
         opdef = get_op(op.kind)
-        if op in old and [v.type for v in op.inputs] != old[op][0]:
+        if op in old and (op.kind == "concat" or [v.type for v in op.inputs] != old[op][0]):
             _rewrite_attrs(op, old, heads)
         try:
             op.attrs = opdef.normalize_attrs(op.attrs)
