@@ -44,6 +44,7 @@ import numpy as np
 from llmc.compiler.builder import make_op
 from llmc.compiler.ir import Graph, Op, Value
 from llmc.compiler.passmanager import Option, PassContext, define_pass
+from llmc.compiler.text import print_op
 
 from . import shard_tp_comm as comm
 from . import shard_tp_plan as plan
@@ -117,8 +118,12 @@ def _add_collectives(c: comm.Comm, sliced: dict[Value, str], gather: bool) -> No
             if op in done:
                 continue
             done.add(op)
-            if slot == "table":
+            if slot == "linear" and op.operand("bias") is not None:
+                raise plan.fail(f"`{print_op(op)}` has a bias, which this pass does not shard")
+            if slot == "table" and role == "embed":
                 comm.parallel_embedding(c, op)
+            elif slot == "table":
+                raise plan.fail(f"{w.ref} ({role}) is read as an embedding table")
             elif role in plan.ROW:
                 comm.leave_row(c, op, op.output)
             else:

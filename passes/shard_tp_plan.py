@@ -125,14 +125,14 @@ def find_heads(g: Graph, tp: int) -> Heads | None:
 
 
 def weight_users(v: Value) -> list[tuple[Op, str]]:
-    """The ops that read `v` as a weight, through WEIGHT_PREP ops: (linear, 'w') or
+    """The ops that read `v` as a weight, through WEIGHT_PREP ops: (linear, 'linear') or
     (embedding, 'table'); any other reader is an error (the pass cannot shard it)."""
     found, todo, seen = [], [v], set()
     while todo:
         x = todo.pop()
         for u in x.users:
             if u.kind == "linear" and u.operand("w") is x and u.operand("x") is not x:
-                found.append((u, "w"))
+                found.append((u, "linear"))
             elif u.kind == "embedding" and u.operand("table") is x:
                 found.append((u, "table"))
             elif u.kind in WEIGHT_PREP and u not in seen:
@@ -145,7 +145,7 @@ def weight_users(v: Value) -> list[tuple[Op, str]]:
 
 def transpose_w(p: Value) -> bool:
     """Whether the linears reading `p` take it as [out, in] (HF) rather than [in, out]."""
-    layouts = {op.attrs["transpose_w"] for op, slot in weight_users(p) if slot == "w"}
+    layouts = {op.attrs["transpose_w"] for op, slot in weight_users(p) if slot == "linear"}
     if len(layouts) > 1:
         raise fail(f"{p.ref} is read in both [out, in] and [in, out] layouts")
     return layouts.pop() if layouts else True

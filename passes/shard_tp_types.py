@@ -22,6 +22,7 @@ import math
 from llmc.compiler.ir import Graph, Op, TensorType
 from llmc.compiler.ops import get_op
 from llmc.compiler.ops.registry import OpError
+from llmc.compiler.text import print_op
 
 from .shard_tp_plan import Heads, fail
 
@@ -94,7 +95,7 @@ def _reshape_attrs(op: Op, old_in: TensorType, old_out: TensorType, heads: Heads
     if new_out is None:
         new_out = _reshaped(old_in.shape, old_out.shape, new_in)
     if new_out is None:
-        raise fail(f"cannot re-derive `{op.format()}` for input {op.operand('x').type}")
+        raise fail(f"cannot re-derive `{print_op(op)}` for input {op.operand('x').type}")
     shape = [n if s not in (0, -1) and n != o else s
              for s, o, n in zip(op.attrs["shape"], old_out.shape, new_out)]
     return {**op.attrs, "shape": tuple(shape)}
@@ -127,7 +128,7 @@ def _split_attrs(op: Op, old_in: TensorType, heads: Heads | None) -> dict:
             return {**op.attrs, "sizes": tuple(s * now // was for s in sizes)}
         if heads is not None and tuple(sizes) == (heads.group, 1, 1):
             return {**op.attrs, "sizes": (heads.group_local, 1, 1)}
-    raise fail(f"cannot re-derive the sizes of `{op.format()}` for input {op.operand('x').type}")
+    raise fail(f"cannot re-derive the sizes of `{print_op(op)}` for input {op.operand('x').type}")
 
 
 def _concat_attrs(op: Op, heads: Heads | None) -> list | None:
@@ -167,6 +168,6 @@ def reinfer(g: Graph, old: Snapshot, heads: Heads | None) -> None:
             op.attrs = opdef.normalize_attrs(op.attrs)
             types = opdef.infer_types([v.type for v in op.inputs], op.attrs)
         except OpError as e:
-            raise fail(f"`{op.format()}` no longer type-checks on this rank's shapes: {e}") from None
+            raise fail(f"`{print_op(op)}` no longer type-checks on this rank's shapes: {e}") from None
         for v, t in zip(op.outputs, types):
             v.type = t

@@ -195,3 +195,17 @@ def test_after_fusion_the_cached_attention_caches_are_split_too():
     got = simulate(g, rank_feeds(m.graph, g, feeds, 4), m.weights)
     for outs in got:
         np.testing.assert_allclose(outs[0], want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_projection_with_a_bias_is_refused():
+    """A row-parallel bias would be summed tp times: refused, not silently wrong."""
+    g = parse("""graph @biased(%x: f32[2, 8]) {
+  param @model.layers.0.mlp.down_proj.weight: f32[8, 8]
+  param @model.layers.0.mlp.down_proj.bias: f32[8]
+  %y = linear(%x, @model.layers.0.mlp.down_proj.weight, @model.layers.0.mlp.down_proj.bias) : f32[2, 8]
+  return %y
+}
+""")
+    with pytest.raises(LlmcError, match=r"`%y = linear\(.*` has a bias, which this pass does "
+                                        r"not shard"):
+        _run(g, "shard_tensor_parallel{tp=2}")
