@@ -183,7 +183,7 @@ def slice_of(role: str, p: Value, heads: Heads | None, tp: int) -> Slice:
     if role in ("embed", "lm_head"):
         vocab = p.type.shape[0] if role == "embed" or transpose_w(p) else p.type.shape[1]
         _divisible("vocab_size", vocab, tp)
-        return Slice(tp, along_out=role == "lm_head" or transpose_w(p))
+        return Slice(tp)  # lm_head: its out features; embed: its rows (slice_axis)
     return Slice(tp, along_out=role not in ROW)
 
 
