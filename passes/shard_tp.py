@@ -50,7 +50,7 @@ from . import shard_tp_comm as comm
 from . import shard_tp_plan as plan
 from .shard_tp_types import reinfer, snapshot
 
-__all__ = ["param_bytes", "per_rank_param_bytes", "shard_tensor_parallel"]
+__all__ = ["param_bytes", "param_bytes_note", "per_rank_param_bytes", "shard_tensor_parallel"]
 
 
 def _rank_op(g: Graph, tp: int) -> Value:
@@ -189,6 +189,17 @@ def per_rank_param_bytes(g: Graph, itemsize: Mapping[str, int] | None = None) ->
         else:
             total += _nbytes(p, itemsize, n)
     return total
+
+
+def param_bytes_note(ctx: PassContext) -> str | None:
+    """The pass log line for the per-rank parameter bytes this pass recorded in `ctx`
+    (None when it did not shard anything)."""
+    tp = ctx.model.get("tensor_parallel")
+    if tp is None:
+        return None
+    whole, mine = tp["param_bytes"], tp["param_bytes_per_rank"]
+    return (f"NOTE: [shard_tensor_parallel] tp={tp['tp']}: parameters {whole:,} bytes whole, "
+            f"{mine:,} bytes per rank ({mine / whole:.1%})")
 
 
 define_pass(

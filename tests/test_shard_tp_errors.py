@@ -209,3 +209,16 @@ def test_a_projection_with_a_bias_is_refused():
     with pytest.raises(LlmcError, match=r"`%y = linear\(.*` has a bias, which this pass does "
                                         r"not shard"):
         _run(g, "shard_tensor_parallel{tp=2}")
+
+
+def test_the_pass_log_note():
+    from llmc.passes.shard_tp import param_bytes_note
+
+    m = model("llama_gqa", "cache")
+    _, _, ctx = shard(m, 2)
+    whole = ctx.model["tensor_parallel"]["param_bytes"]
+    mine = ctx.model["tensor_parallel"]["param_bytes_per_rank"]
+    assert param_bytes_note(ctx) == (
+        f"NOTE: [shard_tensor_parallel] tp=2: parameters {whole:,} bytes whole, "
+        f"{mine:,} bytes per rank ({mine / whole:.1%})")
+    assert param_bytes_note(PassContext()) is None
