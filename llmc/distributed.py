@@ -293,4 +293,6 @@ def ranked_model(art, world):
     program = DistProgram(graph, weights, world, trainable=False)
     if "past_lens" in {v.name for v in graph.inputs}:
         return PaddleCacheLM(graph, weights, max_positions=limit, program=program)
-    return RecomputeLM(program.logits, int(graph.outputs[0].type.shape[-1]), limit)
+    lm = RecomputeLM(program.logits, int(graph.outputs[0].type.shape[-1]), limit)
+    lm.kernels = program.kernels  # the report --json gives
+    return lm

@@ -73,7 +73,7 @@ def fake_npu(world):
     dist_mc2.fused_kernel = lambda: fused_mm_allreduce
     dist_mc2.comm_name = lambda comm: "stand-in"
     choose = dist_program.choose_kernels
-    dist_program.choose_kernels = lambda device: choose("npu")
+    dist_program.choose_kernels = lambda device, **kw: choose("npu", **kw)
     return lambda: setattr(dist_program, "choose_kernels", choose)
 
 

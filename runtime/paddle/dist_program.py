@@ -49,7 +49,7 @@ class DistProgram(PaddleProgram):
         self.world = world
         self.shards = {name: ShardSpec.of(attrs, world.tp_rank)
                        for name, attrs in param_shards(graph).items()}
-        base = choose_kernels(world.device)
+        base = choose_kernels(world.device, inference=not trainable)
         kernels = DistKernels(**{f.name: getattr(base, f.name) for f in fields(base)},
                               world=world, folded=frozenset(self.shards))
         super().__init__(graph, weights, device=world.device, trainable=trainable,
