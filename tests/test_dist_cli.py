@@ -1,13 +1,16 @@
-"""`llmc train --dp 2` end to end (the command launches its 2 ranks through
-paddle.distributed.launch): it trains as one process with the batch doubled and writes one
-unsharded checkpoint; killing a rank mid-run ends the command within 60 s naming the
-rank, and every checkpoint left is whole and resumes on one process."""
+"""`llmc train --tp 2 / --dp 2` and `llmc generate --tp 2` end to end (the command launches
+its 2 ranks through paddle.distributed.launch): --dp 2 trains as one process with the batch
+doubled, --tp 2 as one process, each writing one unsharded checkpoint that transformers
+loads and that resumes at another tp; generation's greedy tokens are one process's; killing
+a rank mid-run ends the command within 60 s naming the rank, and every checkpoint left is
+whole and resumes on one process."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,11 +25,15 @@ from clitools import run_cli
 pytest.importorskip("paddle")
 pytestmark = pytest.mark.dist
 
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
 from llmc.frontends import fixtures  # noqa: E402
 from llmc.frontends.data.synthetic import write_tiny_sft  # noqa: E402
 from llmc.train_checkpoint import checkpoints, load_checkpoint  # noqa: E402
 
-SFT = ("--mode", "sft", "--lr", "3e-3", "--seq-len", "64")
+LR = 3e-3
+SFT = ("--mode", "sft", "--lr", str(LR), "--seq-len", "64")
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +44,7 @@ def files(tmp_path_factory):
 
 
 def train(monkeypatch, capsys, files, out, *args):
+    """`llmc train ... --json` in this process."""
     code, stdout, err = run_cli(monkeypatch, capsys, "train", files["model"], "--data",
                                 files["sft"], "-o", out, *SFT, *args, "--json")
     assert code == 0, err
@@ -47,26 +55,85 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_dp2_trains_as_one_process_with_the_batch_doubled(monkeypatch, capsys, files,
+@pytest.fixture(scope="module")
+def one(files, tmp_path_factory):
+    """The run directory of two steps of --batch-size 4 on one process."""
+    from llmc.cli import main
+
+    out = tmp_path_factory.mktemp("one") / "run"
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as e:
+        mp.setattr(sys, "argv", ["llmc", "train", str(files["model"]), "--data",
+                                 str(files["sft"]), "-o", str(out), *SFT, "--steps", "2",
+                                 "--batch-size", "4"])
+        main()
+    assert e.value.code == 0
+    return out
+
+
+def same_checkpoints(a: Path, b: Path) -> None:
+    """The same tensors, equal to a tenth of the learning rate: AdamW's first steps move a
+    weight by ~lr * sign(g), so where a gradient cancels to ~1e-8 the last bits of its sum
+    can flip a step (tests/test_dist_runtime.py compares the step itself to 1e-5); a wrong
+    shard would be off by the weights' size (~0.1)."""
+    atol = 0.1 * LR
+    fingerprint = json.loads((b / "trainer_state.json").read_text())["fingerprint"]
+    _, wa, opt_a = load_checkpoint(a, fingerprint)
+    _, wb, opt_b = load_checkpoint(b, fingerprint)
+    assert set(wa) == set(wb) and set(opt_a) == set(opt_b)
+    for name, w in wb.items():
+        np.testing.assert_allclose(wa[name], w, atol=atol, err_msg=name)
+
+
+def test_dp2_trains_as_one_process_with_the_batch_doubled(monkeypatch, capsys, files, one,
                                                           tmp_path):
-    two = train(monkeypatch, capsys, files, tmp_path / "dp2", "--steps", "2", "--batch-size",
-                "2", "--dp", "2")
-    one = train(monkeypatch, capsys, files, tmp_path / "one", "--steps", "2", "--batch-size",
-                "4")
-    assert two["checkpoints"] == [str(tmp_path / "dp2" / "checkpoint-2")]
-    assert two["final_loss"] == pytest.approx(one["final_loss"], rel=1e-5)
-    for a, b in zip(metrics(tmp_path / "dp2"), metrics(tmp_path / "one"), strict=True):
+    out = tmp_path / "dp2"
+    two = train(monkeypatch, capsys, files, out, "--steps", "2", "--batch-size", "2",
+                "--dp", "2")
+    assert two["checkpoints"] == [str(out / "checkpoint-2")]
+    for a, b in zip(metrics(out), metrics(one), strict=True):
         assert a["tokens"] == b["tokens"]
         assert abs(a["loss"] - b["loss"]) <= 1e-5 * b["loss"]
         assert a["collectives"] == {"all_reduce (dp scalars)": {"calls": 2, "bytes": 24}}
-    fp = json.loads((tmp_path / "one" / "checkpoint-2" / "trainer_state.json").read_text())
-    _, w2, opt2 = load_checkpoint(tmp_path / "dp2" / "checkpoint-2", fp["fingerprint"])
-    _, w1, opt1 = load_checkpoint(tmp_path / "one" / "checkpoint-2", fp["fingerprint"])
-    assert set(w2) == set(w1) and set(opt2) == set(opt1)
-    for name, w in w1.items():  # AdamW's first steps are sign-like: allow an lr-sized flip
-        np.testing.assert_allclose(w2[name], w, atol=3e-3 * 1e-2, err_msg=name)
-    assert sorted(p.name for p in (tmp_path / "dp2").iterdir()) == sorted(
-        p.name for p in (tmp_path / "one").iterdir())
+    same_checkpoints(out / "checkpoint-2", one / "checkpoint-2")
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+def test_tp2_trains_as_one_process_and_resumes_at_tp1(monkeypatch, capsys, files, one,
+                                                      tmp_path):
+    out = tmp_path / "tp2"
+    train(monkeypatch, capsys, files, out, "--steps", "2", "--batch-size", "4", "--tp", "2")
+    for a, b in zip(metrics(out), metrics(one), strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * b["loss"]
+        assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5 * b["grad_norm"]
+        assert a["collectives"]["all_gather"]["calls"] == 1  # the logits
+    same_checkpoints(out / "checkpoint-2", one / "checkpoint-2")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out / "checkpoint-2")
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    want = transformers.AutoModelForCausalLM.from_pretrained(one / "checkpoint-2")
+    np.testing.assert_allclose(hf(ids).logits.detach(), want(ids).logits.detach(), atol=1e-4)
+    # the tp=2 run goes on at tp=1, and a copy of the one-process run at tp=2: the same step 3
+    shutil.copytree(one, tmp_path / "one_tp2")
+    at_tp1 = train(monkeypatch, capsys, files, out, "--steps", "3", "--batch-size", "4",
+                   "--resume")
+    at_tp2 = train(monkeypatch, capsys, files, tmp_path / "one_tp2", "--steps", "3",
+                   "--batch-size", "4", "--resume", "--tp", "2")
+    assert at_tp1["first_step"] == at_tp2["first_step"] == 2
+    assert at_tp1["final_loss"] == pytest.approx(at_tp2["final_loss"], rel=1e-5)
+
+
+def test_generate_tp2_gives_one_process_greedy_tokens(monkeypatch, capsys, files, tmp_path):
+    art = tmp_path / "art"
+    code, _, err = run_cli(monkeypatch, capsys, "compile", files["model"], "--target", "cpu",
+                           "--form", "cache", "-o", art)
+    assert code == 0, err
+    args = ("generate", art, "--ids", "1,5,9,14", "-n", "10", "--runtime", "paddle", "--json")
+    code, one_out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    code, two_out, err = run_cli(monkeypatch, capsys, *args, "--tp", "2")
+    assert code == 0, err
+    one_doc, two_doc = json.loads(one_out), json.loads(two_out)
+    assert two_doc["results"] == one_doc["results"]
+    assert two_doc["kernels"]["all_reduce"] == "paddle.distributed.all_reduce"
 
 
 def rank_pid(mark: str, rank: int) -> int | None:
