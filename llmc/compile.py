@@ -16,12 +16,12 @@ import numpy as np
 
 from llmc.compiler.builder import make_op
 from llmc.compiler.errors import LlmcError
-from llmc.compiler.ir import Graph
+from llmc.compiler.ir import Graph, TensorType, Value
 from llmc.compiler.passmanager import Instruments, PassContext, PassRecord
 from llmc.compiler.verifier import verify
 from llmc.frontends.llama import build_full, build_inference
 from llmc.frontends.loader import Checkpoint, open_checkpoint
-from llmc.passes.pipelines import get_target
+from llmc.passes.pipelines import Parallel, get_target, pipeline_for
 from llmc.runtime.generate import check_length, eos_ids
 
 from .artifact import Artifact, Compiled, check_output, load_artifact, write_artifact
@@ -103,8 +103,35 @@ def validate_weights(ckpt: Checkpoint, g: Graph, progress: Progress | None = Non
     ckpt.validate(expected, tick)
 
 
+def held_on_a_rank(p: Value) -> TensorType:
+    """The type of what one rank holds of parameter `p`: its largest shard when it is read
+    only through `shard` ops (the runtime slices it lazily from the checkpoint), else all
+    of it (replicated)."""
+    shards = [u.output.type for u in p.users if u.kind == "shard" and u.operand("x") is p]
+    if not shards or len(shards) != len(p.users):
+        return p.type
+    return max(shards, key=lambda t: t.numel() or 0)
+
+
+def param_sizes(g: Graph) -> dict[str, int]:
+    """Elements and bytes (in the graph's dtypes) of the parameters, in all and per rank."""
+    sizes = dict.fromkeys(("elements", "elements_per_rank", "bytes", "bytes_per_rank"), 0)
+    for p in g.params.values():
+        for key, t in (("", p.type), ("_per_rank", held_on_a_rank(p))):
+            n = t.numel() or 0
+            sizes["elements" + key] += n
+            sizes["bytes" + key] += n * t.dtype.np.itemsize
+    return sizes
+
+
+def _parallel_report(parallel: Parallel, g: Graph, records: list[PassRecord]) -> dict:
+    return {"tp": parallel.tp, "sequence_parallel": parallel.sequence_parallel,
+            "mc2": any(r.name == "fuse_mc2" and not r.skipped for r in records),
+            **{f"param_{k}": v for k, v in param_sizes(g).items()}}
+
+
 def _report(source, tgt, form: str, cfg, g: Graph, ops_in: int, times: tuple[float, ...],
-            records: list[PassRecord]) -> dict:
+            records: list[PassRecord], parallel: Parallel) -> dict:
     t0, t1, t2 = times
     return {
         "target": tgt.name,
@@ -119,6 +146,7 @@ def _report(source, tgt, form: str, cfg, g: Graph, ops_in: int, times: tuple[flo
         "pipeline_ms": round((t2 - t1) * 1e3, 3),
         "passes": [asdict(r) | {"mismatch": r.mismatch} for r in records],
         "mismatches": [r.name for r in records if r.mismatch],
+        "parallel": _parallel_report(parallel, g, records),
     }
 
 
@@ -130,9 +158,12 @@ def compile_model(
     log: Callable[[str], None] | None = None,
     emit_ir: Callable[[str, str], None] | None = None,
     progress: Progress | None = None,
+    parallel: Parallel | None = None,
 ) -> Compiled:
-    """Import `source` (model dir or config .json), run the target's pipeline, verify."""
+    """Import `source` (model dir or config .json), run the target's pipeline (sharded
+    first when `parallel.tp` > 1), verify."""
     tgt = get_target(target)
+    parallel = parallel or Parallel()
     form = form or tgt.form
     ckpt = open_checkpoint(source)
     cfg = ckpt.config
@@ -149,10 +180,12 @@ def compile_model(
         validate_weights(ckpt, g, progress)
     t1 = time.perf_counter()
     ops_in = len(g)
-    records = run_pipeline(g, tgt.spec, instruments, log=sink, emit_ir=emit_ir,
+    spec = pipeline_for(tgt.name, parallel.tp, parallel.sequence_parallel, parallel.mc2)
+    records = run_pipeline(g, spec, instruments, log=sink, emit_ir=emit_ir,
                            ctx=PassContext(model=model_facts(cfg, form)))
     verify(g)
-    report = _report(source, tgt, form, cfg, g, ops_in, (t0, t1, time.perf_counter()), records)
+    report = _report(source, tgt, form, cfg, g, ops_in, (t0, t1, time.perf_counter()), records,
+                     parallel)
     return Compiled(g, tgt.name, form, records, report, weights_manifest(g, ckpt), lines)
 
 
