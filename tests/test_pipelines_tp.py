@@ -90,3 +90,20 @@ def test_kv_heads_replicated_over_ranks_count_their_shard():
                               "%m = linear(%x, %kv) : f32[2, 2]"))
     sizes = param_sizes(g)
     assert sizes["elements_per_rank"] == 4 * 8 + 8 * 4 + 8 + 2 * 8
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sequence-parallel"], "error: --sequence-parallel needs --tp greater than 1"),
+    (["--tp", "1", "--mc2"], "error: --mc2 needs --tp greater than 1"),
+])
+def test_compile_refuses_parallel_flags_without_tp(flags, message, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "llama2-13b.json"
+    r = subprocess.run([sys.executable, "-m", "llmc.cli", "compile", "--config", str(config),
+                        "-t", "cpu", "-o", str(tmp_path / "out"), *flags],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and r.stderr.startswith(message) and len(r.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
