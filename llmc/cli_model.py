@@ -50,14 +50,6 @@ def _print_summary(s: dict) -> None:
         typer.echo(f"{key:<13} {value}")
 
 
-def _per_rank_line(p: dict) -> str:
-    """One line on what each tensor-parallel rank holds."""
-    flags = "".join((", sequence parallel" if p["sequence_parallel"] else "",
-                     ", mc2" if p["mc2"] else ""))
-    return (f"tp {p['tp']}{flags}: {p['param_elements_per_rank']:,} parameters per rank "
-            f"({p['param_bytes_per_rank'] / 2**20:,.1f} MiB of {p['param_bytes'] / 2**20:,.1f} MiB)")
-
-
 def _report(s: dict, json_out: bool) -> None:
     if json_out:
         echo_json(s)
@@ -123,7 +115,7 @@ def compile_(
     With --tp N the graph is sharded first and the summary gives the parameters per rank.
     """
     from llmc.artifact import check_output, write_artifact
-    from llmc.compile import compile_model
+    from llmc.compile import compile_model, per_rank_line
     from llmc.overwrite import refuse_overwriting_inputs
     from llmc.passes.pipelines import Parallel
 
@@ -147,7 +139,7 @@ def compile_(
         typer.echo(f"wrote {output} ({c.report['ops_in']} -> {c.report['ops_out']} ops, "
                    f"{c.report['pipeline_ms']:.1f} ms)")
         if parallel.tp > 1:
-            typer.echo(_per_rank_line(c.report["parallel"]))
+            typer.echo(per_rank_line(c.report["parallel"]))
 
 
 def fixture(

@@ -16,7 +16,7 @@ import numpy as np
 
 from llmc.compiler.builder import make_op
 from llmc.compiler.errors import LlmcError
-from llmc.compiler.ir import Graph, TensorType, Value
+from llmc.compiler.ir import DType, Graph, TensorType, Value
 from llmc.compiler.passmanager import Instruments, PassContext, PassRecord
 from llmc.compiler.verifier import verify
 from llmc.frontends.llama import build_full, build_inference
@@ -113,25 +113,55 @@ def held_on_a_rank(p: Value) -> TensorType:
     return max(shards, key=lambda t: t.numel() or 0)
 
 
-def param_sizes(g: Graph) -> dict[str, int]:
-    """Elements and bytes (in the graph's dtypes) of the parameters, in all and per rank."""
+# bytes per element of the dtypes a config.json may declare (torch_dtype)
+CONFIG_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+def stored_itemsize(manifest: dict, config_dtype: str) -> dict[str, int]:
+    """Bytes per element of each parameter as the checkpoint stores it (the manifest's
+    dtype), or as the config declares it when there are no weights (`--config`)."""
+    default = CONFIG_ITEMSIZE.get(config_dtype)
+    out = {}
+    for name, entry in manifest["tensors"].items():
+        if "dtype" in entry:
+            out[name] = DType(entry["dtype"]).np.itemsize
+        elif default is not None:
+            out[name] = default
+    return out
+
+
+def param_sizes(g: Graph, itemsize: dict[str, int] | None = None) -> dict[str, int]:
+    """Elements and bytes of the parameters, in all and on one rank; bytes at `itemsize`
+    (parameter name → bytes per element), else at the graph's dtypes."""
     sizes = dict.fromkeys(("elements", "elements_per_rank", "bytes", "bytes_per_rank"), 0)
-    for p in g.params.values():
+    for name, p in g.params.items():
         for key, t in (("", p.type), ("_per_rank", held_on_a_rank(p))):
             n = t.numel() or 0
             sizes["elements" + key] += n
-            sizes["bytes" + key] += n * t.dtype.np.itemsize
+            sizes["bytes" + key] += n * (itemsize or {}).get(name, t.dtype.np.itemsize)
     return sizes
 
 
-def _parallel_report(parallel: Parallel, g: Graph, records: list[PassRecord]) -> dict:
+def parallel_report(parallel: Parallel, g: Graph, records: list[PassRecord],
+                    itemsize: dict[str, int] | None = None) -> dict:
+    """The report's `parallel` entry: the options, whether fuse_mc2 ran, and the parameter
+    elements and bytes (at `itemsize`) in all and per rank."""
     return {"tp": parallel.tp, "sequence_parallel": parallel.sequence_parallel,
             "mc2": any(r.name == "fuse_mc2" and not r.skipped for r in records),
-            **{f"param_{k}": v for k, v in param_sizes(g).items()}}
+            **{f"param_{k}": v for k, v in param_sizes(g, itemsize).items()}}
+
+
+def per_rank_line(p: dict) -> str:
+    """One line on what each tensor-parallel rank holds (for the pass log and the summary)."""
+    flags = "".join((", sequence parallel" if p["sequence_parallel"] else "",
+                     ", mc2" if p["mc2"] else ""))
+    return (f"tp {p['tp']}{flags}: {p['param_elements_per_rank']:,} parameters per rank "
+            f"({p['param_bytes_per_rank'] / 2**20:,.1f} MiB of {p['param_bytes'] / 2**20:,.1f} "
+            "MiB as stored)")
 
 
 def _report(source, tgt, form: str, cfg, g: Graph, ops_in: int, times: tuple[float, ...],
-            records: list[PassRecord], parallel: Parallel) -> dict:
+            records: list[PassRecord], parallel: dict) -> dict:
     t0, t1, t2 = times
     return {
         "target": tgt.name,
@@ -146,7 +176,7 @@ def _report(source, tgt, form: str, cfg, g: Graph, ops_in: int, times: tuple[flo
         "pipeline_ms": round((t2 - t1) * 1e3, 3),
         "passes": [asdict(r) | {"mismatch": r.mismatch} for r in records],
         "mismatches": [r.name for r in records if r.mismatch],
-        "parallel": _parallel_report(parallel, g, records),
+        "parallel": parallel,
     }
 
 
@@ -184,9 +214,13 @@ def compile_model(
     records = run_pipeline(g, spec, instruments, log=sink, emit_ir=emit_ir,
                            ctx=PassContext(model=model_facts(cfg, form)))
     verify(g)
-    report = _report(source, tgt, form, cfg, g, ops_in, (t0, t1, time.perf_counter()), records,
-                     parallel)
-    return Compiled(g, tgt.name, form, records, report, weights_manifest(g, ckpt), lines)
+    t2 = time.perf_counter()
+    manifest = weights_manifest(g, ckpt)
+    tp = parallel_report(parallel, g, records, stored_itemsize(manifest, cfg.dtype))
+    if parallel.tp > 1:
+        sink(f"--- Tensor parallel: {per_rank_line(tp)}")
+    report = _report(source, tgt, form, cfg, g, ops_in, (t0, t1, t2), records, tp)
+    return Compiled(g, tgt.name, form, records, report, manifest, lines)
 
 
 def check_prompt(config: dict, prompt_ids: list[int], max_new_tokens: int) -> None:

@@ -12,7 +12,7 @@ from llmc.passes.pipelines import (
     pipeline_for,
 )
 
-from llmc.compile import param_sizes
+from llmc.compile import param_sizes, stored_itemsize
 
 
 def test_tp_1_is_the_target_pipeline_unchanged():
@@ -107,3 +107,19 @@ def test_compile_refuses_parallel_flags_without_tp(flags, message, tmp_path):
                        capture_output=True, text=True, check=False)
     assert r.returncode == 2 and r.stderr.startswith(message) and len(r.stderr.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_param_bytes_at_the_stored_itemsize():
+    g = parse(SHARDED)
+    sizes = param_sizes(g, {"col": 2, "row": 2, "mixed": 1})
+    assert sizes["bytes"] == 2 * 16 * 8 + 2 * 8 * 16 + 4 * 8 + 1 * 4 * 8
+    assert sizes["bytes_per_rank"] == 2 * 4 * 8 + 2 * 8 * 4 + 4 * 8 + 1 * 4 * 8
+    assert sizes["elements"] == param_sizes(g)["elements"]
+
+
+def test_stored_itemsize_from_the_manifest_else_the_config_dtype():
+    manifest = {"tensors": {"a": {"shape": [2], "dtype": "bf16"}, "b": {"shape": [2]},
+                            "c": {"shape": [2], "dtype": "f32"}}}
+    assert stored_itemsize(manifest, "float16") == {"a": 2, "b": 2, "c": 4}
+    assert stored_itemsize(manifest, "float32") == {"a": 2, "b": 4, "c": 4}
+    assert stored_itemsize(manifest, "int4-awq") == {"a": 2, "c": 4}
