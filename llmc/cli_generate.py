@@ -169,7 +169,7 @@ def generate(
 
     from llmc.compile import check_prompt
     from llmc.runtime.engine import Engine, format_timings
-    from llmc.runtimes import eos_of
+    from llmc.runtimes import eos_of, paddle_kernels
 
     if sum(x is not None for x in (prompt, ids, batch_file)) != 1:
         raise LlmcError("generate: give --prompt TEXT, --ids 1,2,3 or --batch-file FILE "
@@ -192,7 +192,7 @@ def generate(
                  "finish_reason": r.finish_reason} for p, r in zip(prompts, run.result.rows)]
         echo_json({"target": art.report["target"], "form": art.report["form"],
                    "runtime": used, "provider": provider if used == "onnxruntime" else None,
-                   "results": rows, "timings": _timings_doc(run.result.timings)})
+                   "kernels": paddle_kernels(model), "results": rows, "timings": _timings_doc(run.result.timings)})
         return
     _show(run, batch_file is not None, tok is not None)
     _err(f"{used}: {format_timings(run.result.timings)}")

@@ -18,6 +18,8 @@ Mode = Literal["pretrain", "sft", "lora"]
 Device = Literal["cpu", "gpu", "npu", "mlu", "iluvatar_gpu"]
 Schedule = Literal["cosine", "linear", "constant"]
 OnError = Literal["fail", "skip"]
+DType = Literal["fp32", "bf16"]
+SaveFormat = Literal["hf", "pdparams", "both"]
 
 
 @contextmanager
@@ -44,14 +46,15 @@ def progress_bar(total: int, enabled: bool):
 
 
 def _summary(result) -> str:
+    from llmc.train_plot import MISSING
+
     last = result.metrics[-1] if result.metrics else {}
     first = result.metrics[0] if result.metrics else {}
     lines = [f"trained steps {result.first_step + 1}..{result.steps}: loss "
              f"{first.get('loss', float('nan')):.4f} -> {last.get('loss', float('nan')):.4f}",
              f"metrics: {result.out / 'metrics.jsonl'}"]
     lines += [f"checkpoint: {c}" for c in result.checkpoints[-1:]]
-    lines.append(f"loss curve: {result.plot}" if result.plot
-                 else "loss curve: skipped (matplotlib is not installed)")
+    lines.append(f"loss curve: {result.plot}" if result.plot else MISSING)
     return "\n".join(lines)
 
 
@@ -73,19 +76,23 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Seed of data order, adapter init and Paddle's RNG."),
     save_every: int = typer.Option(0, "--save-every", help="Checkpoint every N steps (0: only at the end)."),
     save_total_limit: Optional[int] = typer.Option(None, "--save-total-limit", help="Keep only the newest K checkpoints."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in -o (optimizer, schedule, data position)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in -o (optimizer, schedule, data position, random generators)."),
     on_error: OnError = typer.Option("fail", "--on-error", help="Bad data lines: fail, or skip and count them."),
     lora_targets: str = typer.Option("q,k,v,o,gate,up,down", "--lora-targets", help="LoRA: adapted projections."),
     lora_rank: int = typer.Option(8, "--lora-rank", help="LoRA rank r."),
     lora_alpha: float = typer.Option(16.0, "--lora-alpha", help="LoRA alpha (update scaled by alpha/r)."),
-    lora_dropout: float = typer.Option(0.0, "--lora-dropout", help="LoRA dropout, recorded in adapter_config.json (not applied in training)."),
+    lora_dropout: float = typer.Option(0.0, "--lora-dropout", help="LoRA dropout on each adapter's input during training (as PEFT); off in eval, merge and inference."),
+    pack: bool = typer.Option(False, "--pack", help="sft/lora: pack several examples per --seq-len row; attention is masked across them."),
+    dtype: DType = typer.Option("fp32", "--dtype", help="fp32, or bf16 autocast (Paddle's auto_cast O1) where the device runs bf16 matmuls (not Paddle's CPU build)."),
+    save_format: SaveFormat = typer.Option("hf", "--save-format", help="Checkpoint layout: hf (model.safetensors), pdparams (PaddleNLP's model_state.pdparams), or both (PaddleNLP's in checkpoint-N/paddlenlp/)."),
     json_out: bool = JsonOut,
     force: bool = Force,
 ):
     """Train a checkpoint on the Paddle runtime: pretraining, SFT or LoRA, with AdamW, a
-    schedule, clipping and accumulation. Writes atomic checkpoints (HF safetensors layout;
-    PEFT layout for LoRA) that `llmc compile` and transformers load, metrics.jsonl and a
-    loss curve; a NaN/inf loss stops the run and keeps the last good checkpoint."""
+    schedule, clipping and accumulation. Writes atomic checkpoints (HF safetensors layout,
+    and/or PaddleNLP's model_state.pdparams; PEFT layout for LoRA) that `llmc compile` and
+    transformers load, metrics.jsonl and a loss curve; a NaN/inf loss stops the run and keeps
+    the last good checkpoint."""
     from llmc.overwrite import refuse_overwriting_inputs
     from llmc.training import TrainOptions
     from llmc.training import train as run_training
@@ -99,7 +106,7 @@ def train(
         accumulation_steps=accumulation_steps, seed=seed, save_every=save_every,
         save_total_limit=save_total_limit, resume=resume, on_error=on_error,
         lora_targets=lora_targets, lora_rank=lora_rank, lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout)
+        lora_dropout=lora_dropout, pack=pack, dtype=dtype, save_format=save_format)
     with progress_bar(steps, sys.stderr.isatty() and not json_out) as on_step:
         result = run_training(opts, on_step)
     if json_out:

@@ -4,14 +4,13 @@ ONNX Runtime model the generation engine drives (runtime/onnx/session.py)."""
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
+from llmc.compiler.atomic import replace_dir
 from llmc.compiler.errors import LlmcError
 
 FORMATS = ("onnx",)
-TMP_PREFIX = ".onnx-tmp-"
 _PROCESS_EXPORTS: list[tempfile.TemporaryDirectory] = []
 
 
@@ -58,47 +57,17 @@ def ort_model_for_artifact(artifact: str | Path, provider: str = "cpu", threads:
 
 
 def _export_cached(art_dir: Path, out: Path) -> Path:
-    """Export into a fresh directory beside `out`, then rename it into place: a reader sees
-    the old export or the new one, never half of one, and nothing is left if this fails.
-    Directories left by a killed run are swept the next time."""
+    """Export into `out` through `replace_dir`: a reader sees the old export or the new one,
+    never half of one; a killed export's leftovers are removed by the next one. A read-only
+    artifact is exported to a temporary directory kept for this process only."""
     from llmc.runtime.onnx.export import MODEL_FILE
 
-    _sweep_leftovers(out.parent)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=out.parent))
-    except OSError:  # a read-only artifact: export for this process only
+    if not os.access(out.parent, os.W_OK):
         tmp_dir = tempfile.TemporaryDirectory(prefix="llmc-onnx-")
         _PROCESS_EXPORTS.append(tmp_dir)  # removed when the interpreter exits
         return export_artifact(art_dir, tmp_dir.name)
-    try:
-        export_artifact(art_dir, tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=out.parent))
-            os.replace(out, old / "old")
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    replace_dir(out, lambda tmp: export_artifact(art_dir, tmp), what="the ONNX export")
     return out / MODEL_FILE
-
-
-def _sweep_leftovers(parent: Path) -> None:
-    """Remove export directories whose process no longer runs (a killed export)."""
-    for p in parent.glob(TMP_PREFIX + "*"):
-        pid = p.name[len(TMP_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def ort_model_for_checkpoint(source: str | Path, target: str = "cpu", provider: str = "cpu",

@@ -3,8 +3,10 @@
 * `onnxruntime`: a cache-form artifact (the per-op targets' default) exported to ONNX
   (kept in ARTIFACT/onnx) and run by `OrtCausalLM` on the CPU or CUDA provider.
 * `paddle`: the Paddle runtime (runtime/paddle/) on `--device cpu|gpu|npu|mlu|iluvatar_gpu`:
-  a cache-form artifact → `PaddleCacheLM` (KV buffers on the device), a full-form one by
-  recomputing the sequence; ascend910b's inference form (paged block attention) is refused.
+  a cache-form artifact → `PaddleCacheLM` (KV buffers on the device), ascend910b's
+  inference form → `PaddlePagedLM` (paged caches on the device), a full-form one by
+  recomputing the sequence. Each model's `kernels.report()` says which Paddle kernel each
+  op kind runs with (`paddle_kernels`).
 * `reference`: the numpy interpreter, whatever the form: cache form → `ReferenceCacheLM`,
   full form → `RecomputeLM` (no cache: each step recomputes the sequence), ascend910b's
   inference form → `PagedLM` (the paged block-attention cache).
@@ -50,23 +52,22 @@ def reference_model(art: Artifact, weights=None):
 
 
 def paddle_model(art: Artifact, device: str = "cpu", weights=None):
-    """The artifact's graph on the Paddle runtime, as a `CausalLM`."""
-    from llmc.compiler.errors import LlmcError
+    """The artifact's graph on the Paddle runtime, as a `CausalLM` with a `kernels` report."""
+    from llmc.runtime.paddle import PaddleCacheLM, PaddlePagedLM, PaddleRecomputeLM
 
     form, limit = art.report.get("form"), max_positions(art.report.get("config", {}))
-    if form == "inference":
-        raise LlmcError(f"{art.path}: --runtime paddle cannot run the '{form}' form "
-                        "(ascend910b's paged block attention) yet; use --runtime reference, or "
-                        "compile a per-op target (cpu, cuda, mlu370, bi150) with --form cache")
-    from llmc.runtime.paddle import PaddleCacheLM, PaddleProgram
-    from llmc.runtime.recompute import RecomputeLM
-
     w = weights if weights is not None else art.weights()
     if form == "cache":
         return PaddleCacheLM(art.graph, w, device=device, max_positions=limit)
-    program = PaddleProgram(art.graph, w, device=device, trainable=False)
-    vocab = int(art.graph.outputs[0].type.shape[-1])
-    return RecomputeLM(program.logits, vocab, limit)
+    if form == "inference":
+        return PaddlePagedLM(art.graph, w, device=device)
+    return PaddleRecomputeLM(art.graph, w, device=device, max_positions=limit)
+
+
+def paddle_kernels(model) -> dict[str, str] | None:
+    """op kind → 'kernel (why)' of a model opened by `paddle_model` (None for the others)."""
+    kernels = getattr(model, "kernels", None)
+    return kernels.report() if kernels is not None else None
 
 
 def eos_of(config: dict) -> int | tuple[int, ...] | None:

@@ -3,18 +3,20 @@ Paddle runtime's Trainer (runtime/paddle/train.py).
 
     result = train(TrainOptions(model_dir, data, out, mode="sft", steps=50))
 
-Data: SFT jsonl → `SFTBatcher` (unpacked rows); pretraining (mmap .bin/.idx, _ids.npy,
-text or {"text"} jsonl) → `WindowSampler`. The data readers give labels already shifted
-(`logits[i]` is scored against `labels[i]`) while the Trainer shifts inside (transformers'
-convention), so `trainer_batch` prepends one masked label and appends one input column:
-exactly one shift happens. Checkpoints: train_checkpoint.py. Each step reseeds Paddle with
-`seed + step`, so a resumed run repeats the uninterrupted one exactly.
+Data: SFT jsonl → `SFTBatcher` (one example per row, or several packed per row with
+`pack`: the graph then takes segment_ids and masks attention across examples,
+segment_mask.py); pretraining (mmap .bin/.idx, _ids.npy, text or {"text"} jsonl) →
+`WindowSampler`. The data readers give labels already shifted (`logits[i]` is scored against
+`labels[i]`) while the Trainer shifts inside (transformers' convention), so `trainer_batch`
+prepends one masked label and appends one input column: exactly one shift happens.
+Paddle is seeded once; its generator (LoRA dropout draws from it) is saved with every
+checkpoint and restored by `resume`, so a resumed run repeats the uninterrupted one exactly.
+Checkpoints: train_checkpoint.py (HF safetensors and/or PaddleNLP's model_state.pdparams).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,8 +26,11 @@ import numpy as np
 from llmc.compiler.errors import LlmcError
 
 from . import train_checkpoint as ckpts
+from .paddlenlp_export import invertible
+from .train_plot import plot_loss
 
 MODES = ("pretrain", "sft", "lora")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # --dtype -> Paddle's autocast dtype
 
 
 @dataclass
@@ -55,6 +60,9 @@ class TrainOptions:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
+    pack: bool = False
+    dtype: str = "fp32"
+    save_format: str = "hf"
 
     def check(self) -> None:
         """Refuse options that cannot run, naming the flag."""
@@ -66,6 +74,17 @@ class TrainOptions:
                 raise LlmcError(f"{flag} must be at least 1, got {value}")
         if self.save_every < 0 or (self.save_total_limit is not None and self.save_total_limit < 1):
             raise LlmcError("--save-every must be >= 0 and --save-total-limit >= 1")
+        if self.dtype not in DTYPES:
+            raise LlmcError(f"--dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
+        if self.save_format not in ckpts.SAVE_FORMATS:
+            raise LlmcError(f"--save-format must be one of {', '.join(ckpts.SAVE_FORMATS)}, "
+                            f"got '{self.save_format}'")
+        if self.save_format != "hf" and self.mode == "lora":
+            raise LlmcError("--save-format: lora mode saves PEFT adapters only; `llmc merge` "
+                            "them, or train sft/pretrain for a pdparams checkpoint")
+        if self.pack and self.mode == "pretrain":
+            raise LlmcError("--pack is for sft and lora data: pretraining windows are already "
+                            "full rows of the token stream")
 
 
 @dataclass
@@ -89,15 +108,25 @@ class TrainResult:
         return d
 
 
-def trainer_batch(batch: dict, pad_id: int, ignore_index: int = -100) -> dict:
+def trainer_batch(batch: dict, pad_id: int, ignore_index: int = -100,
+                  segments: bool = False) -> dict:
     """A data batch (labels already shifted) as the Trainer's (labels aligned with inputs,
-    shifted inside): input_ids gain one column, labels one masked column in front."""
+    shifted inside): input_ids gain one column, labels one masked column in front;
+    position_ids continue by one, and with `segments` the segment_ids repeat their last
+    column (that extra column's logits are dropped, and causal attention hides it)."""
     ids, labels = np.asarray(batch["input_ids"]), np.asarray(batch["labels"])
     last = labels[:, -1:]
     extra = np.where(last == ignore_index, pad_id, last)
     masked = np.full((len(labels), 1), ignore_index, dtype=np.int64)
-    return {"input_ids": np.concatenate([ids, extra], axis=1).astype(np.int64),
-            "labels": np.concatenate([masked, labels], axis=1).astype(np.int64)}
+    out = {"input_ids": np.concatenate([ids, extra], axis=1).astype(np.int64),
+           "labels": np.concatenate([masked, labels], axis=1).astype(np.int64)}
+    if batch.get("position_ids") is not None:
+        pos = np.asarray(batch["position_ids"], dtype=np.int64)
+        out["position_ids"] = np.concatenate([pos, pos[:, -1:] + 1], axis=1)
+    if segments:
+        seg = np.asarray(batch["segment_ids"], dtype=np.int64)
+        out["segment_ids"] = np.concatenate([seg, seg[:, -1:]], axis=1)
+    return out
 
 
 class DataSource:
@@ -116,16 +145,19 @@ class DataSource:
                           "windows": self.sampler.windows_per_epoch}
         else:
             ds = load_sft(opts.data, tokenizer, opts.seq_len, on_error=opts.on_error)
-            self.sampler = SFTBatcher(ds, opts.batch_size, self.pad_id, seed=opts.seed)
-            self.stats = ds.stats.as_dict()
+            self.sampler = SFTBatcher(ds, opts.batch_size, self.pad_id, seed=opts.seed,
+                                      pack=opts.pack)
+            self.stats = {**ds.stats.as_dict(), "rows": len(self.sampler.rows)}
         self.windows = opts.mode == "pretrain"
+        self.pack = opts.pack
 
     def next_batch(self) -> dict:
         """The next batch, in the Trainer's convention."""
         from llmc.frontends.data import windows_to_batch
 
         raw = self.sampler.next_batch()
-        return trainer_batch(windows_to_batch(raw) if self.windows else raw, self.pad_id)
+        return trainer_batch(windows_to_batch(raw) if self.windows else raw, self.pad_id,
+                             segments=self.pack)
 
 
 @dataclass
@@ -164,20 +196,43 @@ def load_model(opts: TrainOptions) -> Model:
         recorded = add_lora(g, opts.lora_targets, opts.lora_rank, opts.lora_alpha,
                             opts.lora_dropout, num_layers=ckpt.config.num_layers)
         extra = init_lora_weights(g, seed=opts.seed)
+    if opts.pack:
+        from llmc.segment_mask import add_segment_mask
+
+        add_segment_mask(g)
+    if opts.save_format == "pdparams" and not invertible(ckpt.config, ckpt.naming):
+        raise LlmcError("--save-format pdparams: this model's NormHead rows are stored "
+                        "normalised in PaddleNLP's layout, which --resume cannot undo; use "
+                        "--save-format both")
     base = [n for n in g.params if n not in extra]
     ckpt.validate({n: tuple(g.params[n].type.shape) for n in base})
     weights = {n: np.asarray(ckpt.weights[n], dtype=np.float32) for n in base}
     return Model(ckpt, g, {**weights, **extra}, recorded)
 
 
+def train_config(opts: TrainOptions, model: Model):
+    """The Trainer's config: optimizer and schedule, --dtype as Paddle's autocast dtype, and
+    in LoRA mode the dropout on each adapter's input (as PEFT: lora_B(lora_A(dropout(x))))."""
+    from llmc.runtime.paddle import TrainConfig
+
+    dropout = {}
+    if model.lora is not None and model.lora["dropout"]:
+        from llmc.passes.lora import lora_params
+
+        dropout = {n: model.lora["dropout"] for n in lora_params(model.graph)
+                   if n.endswith(".lora_A.weight")}
+    return TrainConfig(lr=opts.lr, weight_decay=opts.weight_decay, schedule=opts.schedule,
+                       warmup_steps=opts.warmup_steps, total_steps=opts.steps,
+                       max_grad_norm=opts.max_grad_norm, seed=opts.seed, device=opts.device,
+                       accumulation_steps=opts.accumulation_steps, dtype=DTYPES[opts.dtype],
+                       input_dropout=dropout)
+
+
 def make_trainer(opts: TrainOptions, model: Model):
     """The Paddle Trainer; in LoRA mode only the adapter parameters are trainable."""
-    from llmc.runtime.paddle import PaddleProgram, TrainConfig, Trainer
+    from llmc.runtime.paddle import PaddleProgram, Trainer
 
-    config = TrainConfig(lr=opts.lr, weight_decay=opts.weight_decay, schedule=opts.schedule,
-                         warmup_steps=opts.warmup_steps, total_steps=opts.steps,
-                         max_grad_norm=opts.max_grad_norm, seed=opts.seed, device=opts.device,
-                         accumulation_steps=opts.accumulation_steps)
+    config = train_config(opts, model)
     config.check()
     program = PaddleProgram(model.graph, model.weights, device=opts.device)
     if model.lora is not None:
@@ -197,22 +252,33 @@ def resume_point(opts: TrainOptions, model: Model, trainer, data: DataSource) ->
     if not found:
         raise LlmcError(f"--resume: no checkpoint-* with {ckpts.STATE_FILE} in {opts.out}")
     step, path = found[-1]
-    state, weights, optimizer = ckpts.load_checkpoint(path, model.fingerprint)
+    state, weights, optimizer = ckpts.load_checkpoint(path, model.fingerprint,
+                                                      from_pdparams(model))
     trainer.load_state_dict({"step": state["step"], "weights": {**model.weights, **weights},
-                             "optimizer": optimizer})
+                             "optimizer": optimizer, "rng": state.get("rng")})
     data.sampler.load_state_dict(state["data"])
     return int(state["step"])
+
+
+def from_pdparams(model: Model):
+    """state (PaddleNLP names) -> the graph's weights, for resuming from a pdparams-only
+    checkpoint."""
+    from .paddlenlp_export import from_paddlenlp
+
+    cfg, naming = model.ckpt.config, model.ckpt.naming
+    return lambda state: from_paddlenlp(state, cfg, naming, list(model.weights))
 
 
 def save(opts: TrainOptions, model: Model, trainer, data: DataSource) -> Path:
     """Checkpoint the trainer at its current step, then prune old checkpoints."""
     state = trainer.state_dict()
     meta = {"fingerprint": model.fingerprint, "data": data.sampler.state_dict(),
-            "mode": opts.mode, "options": {k: str(v) if isinstance(v, Path) else v
-                                           for k, v in asdict(opts).items()}}
+            "mode": opts.mode, "rng": state["rng"],
+            "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()}}
     path = ckpts.save_checkpoint(opts.out, trainer.step_count, state["weights"],
                                  state["optimizer"], meta, model.ckpt.model_dir,
-                                 list(model.ckpt.tokenizer_files), model.lora_config())
+                                 list(model.ckpt.tokenizer_files), model.lora_config(),
+                                 save_format=opts.save_format, model=model.ckpt)
     ckpts.prune(opts.out, opts.save_total_limit)
     return path
 
@@ -237,7 +303,6 @@ def run_steps(opts: TrainOptions, model: Model, trainer, data: DataSource, start
     _metrics_lines(metrics_path, start)
     with metrics_path.open("a") as log:
         for step in range(start, opts.steps):
-            trainer.paddle.seed(opts.seed + step)
             try:
                 m = trainer.step(data.next_batch())
             except TrainingError as e:
@@ -271,24 +336,3 @@ def train(opts: TrainOptions, on_step: Callable[[dict], None] = lambda m: None) 
     result.kernels = trainer.describe()["kernels"]
     result.plot = plot_loss(opts.out / "metrics.jsonl", opts.out / "loss.png")
     return result
-
-
-def plot_loss(metrics: Path, png: Path) -> str | None:
-    """A loss-curve PNG from metrics.jsonl when matplotlib is importable, else None."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_yscale("log" if all(r["loss"] > 0 and math.isfinite(r["loss"]) for r in rows)
-                  else "linear")
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return str(png)

@@ -14,4 +14,5 @@ from . import vendor_norms  # noqa: F401
 from . import vendor_layer  # noqa: F401
 from . import vendor_io  # noqa: F401
 from . import lora  # noqa: F401
+from . import shard_tp  # noqa: F401
 from . import pipelines  # noqa: F401

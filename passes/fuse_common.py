@@ -84,6 +84,13 @@ def all_users_after(vs, op: Op, ignore: set[Op]) -> bool:
     return all(users_after(v, op, ignore) for v in vs)
 
 
+def is_weight(v: Value) -> bool:
+    """A graph parameter, or one rank's slice of one (`shard(@w, rank)`, from
+    shard_tensor_parallel): what weight-merging fusions may concatenate."""
+    op = v.producer
+    return v.is_param or (op is not None and op.kind == "shard" and op.operand("x").is_param)
+
+
 def weight_concat_axis(transpose_w: bool) -> int:
     """The axis along which sibling linear weights concatenate so that their outputs
     concatenate: the rows of a [out, in] weight (transpose_w), else the columns of [in, out]."""

@@ -7,7 +7,7 @@ from llmc.compiler.ir import Graph, Op, Value
 from llmc.compiler.passmanager import PassContext
 from llmc.compiler.rewrite import P, rule, rule_pass
 
-from .fuse_common import num_layers, per_layer, weight_concat_axis
+from .fuse_common import is_weight, num_layers, per_layer, weight_concat_axis
 
 x = P.var("x")
 
@@ -20,12 +20,13 @@ def _siblings(lg: Op, lu: Op, wg: Value, wu: Value) -> bool:
         lg.attrs["transpose_w"] == lu.attrs["transpose_w"]
         and lg.output.type == lu.output.type
         and wg.type == wu.type
+        and is_weight(wg) and is_weight(wu)
         and all(o.graph.single_user(o.output) is not None for o in (lg, lu))
     )
 
 
 @rule(
-    P("swiglu", P("linear", x, P.param("wg"), name="lg"), P("linear", x, P.param("wu"), name="lu")),
+    P("swiglu", P("linear", x, P.var("wg"), name="lg"), P("linear", x, P.var("wu"), name="lu")),
     check=_siblings,
 )
 def gate_up(rw, x, wg, wu, lg):

@@ -7,12 +7,12 @@ from llmc.compiler.builder import make_op
 from llmc.compiler.ir import Graph, Op, Value
 from llmc.compiler.passmanager import PassContext, define_pass
 
-from .fuse_common import num_layers, weight_concat_axis
+from .fuse_common import is_weight, num_layers, weight_concat_axis
 
 
 def plain_linear(op: Op) -> bool:
-    """A bias-free linear whose weight is a graph parameter."""
-    return op.kind == "linear" and op.operand("bias") is None and op.operand("w").is_param
+    """A bias-free linear whose weight is a graph parameter (or a rank's slice of one)."""
+    return op.kind == "linear" and op.operand("bias") is None and is_weight(op.operand("w"))
 
 
 def merge_linears(g: Graph, lins: list[Op]) -> Value:

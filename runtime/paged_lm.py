@@ -21,10 +21,12 @@ from .generate import GenerationError, Generator, Session
 
 
 class PagedLM:
-    """An inference-form graph as a `CausalLM` (the cache is a `generate.Session`)."""
+    """An inference-form graph as a `CausalLM` (the cache is a `generate.Session`), run by
+    the reference `Generator` or by a subclass of it given as `generator` (Paddle's)."""
 
-    def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray]):
-        self.generator = Generator(graph, weights)
+    def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray],
+                 generator: Generator | None = None):
+        self.generator = generator or Generator(graph, weights)
         self.max_positions = self.generator.max_positions
         vocab = graph.outputs[0].type.shape[-1]
         if not isinstance(vocab, int):

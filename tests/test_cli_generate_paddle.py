@@ -1,5 +1,6 @@
-"""`llmc generate --runtime paddle`: cache- and full-form artifacts give the reference
-interpreter's greedy tokens; the forms and devices Paddle cannot run are one line, exit 2."""
+"""`llmc generate --runtime paddle`: cache-, full- and inference-form (ascend910b) artifacts
+give the reference interpreter's greedy tokens; the devices this Paddle lacks and the flags
+of other runtimes are one line, exit 2."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def new_ids(monkeypatch, capsys, art, runtime) -> list[int]:
     return doc["results"][0]["new_ids"]
 
 
-@pytest.mark.parametrize("art", ["cpu", "bi150", "full"])
+@pytest.mark.parametrize("art", ["cpu", "bi150", "full", "ascend910b"])
 def test_paddle_gives_the_reference_greedy_tokens(monkeypatch, capsys, arts, art):
     ours = new_ids(monkeypatch, capsys, arts[art], "paddle")
     assert len(ours) == 8
@@ -51,7 +52,7 @@ def test_paddle_streams_text_and_timings(monkeypatch, capsys, arts):
 
 
 @pytest.mark.parametrize("args, words", [
-    (("ascend910b", "--runtime", "paddle"), "cannot run the 'inference' form"),
+    (("ascend910b", "--runtime", "paddle", "--device", "npu"), "paddle-custom-npu"),
     (("cpu", "--runtime", "paddle", "--device", "npu"), "paddle-custom-npu"),
     (("cpu", "--runtime", "paddle", "--device", "mlu"), "paddle-custom-mlu"),
     (("cpu", "--runtime", "reference", "--device", "gpu"), "applies to --runtime paddle"),

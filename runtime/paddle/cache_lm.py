@@ -24,7 +24,8 @@ class PaddleCache:
 
 
 class PaddleCacheLM:
-    """A compiled cache-form graph run by PaddleProgram (no autograd), row span by span."""
+    """A compiled cache-form graph run by PaddleProgram (no autograd), row span by span;
+    `kernels.report()` says which Paddle kernel each op kind runs with."""
 
     def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], *, device: str = "cpu",
                  max_positions: int | None = None):
@@ -34,6 +35,7 @@ class PaddleCacheLM:
                             "past_key_* inputs); compile with --form cache")
         self.pasts = names
         self.program = PaddleProgram(graph, weights, device=device, trainable=False)
+        self.kernels = self.program.kernels
         self.paddle = self.program.paddle
         by_name = {v.name: v for v in graph.inputs}
         _, self.kv_heads, _, self.head_dim = by_name[names[0]].type.shape

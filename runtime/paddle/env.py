@@ -98,9 +98,12 @@ class Kernels:
     reasons: dict[str, str] = field(default_factory=dict)
     used: dict[str, str] = field(default_factory=dict)
 
-    def note(self, kind: str, kernel: str) -> None:
-        """Record that ops of `kind` run with `kernel` (called by the lowerings)."""
+    def note(self, kind: str, kernel: str, why: str | None = None) -> None:
+        """Record that ops of `kind` run with `kernel` (called by the lowerings), and why
+        when the lowering knows better than the device choice (e.g. from a dtype)."""
         self.used[kind] = kernel
+        if why is not None:
+            self.reasons[kind] = why
 
     def report(self) -> dict[str, str]:
         """op kind → 'kernel (why)' for every op kind lowered so far."""
@@ -108,18 +111,50 @@ class Kernels:
                 for k, v in sorted(self.used.items())}
 
 
-def choose_kernels(device: str, flags: frozenset[str] | None = None) -> Kernels:
+# Why the inference form's fused ops run as composites, by device (see inference_ops.py).
+BLHA_WHY = {
+    "cpu": "Paddle registers block_multihead_attention for GPU (f16/bf16) and XPU only",
+    "gpu": "Paddle's GPU block_multihead_attention takes f16/bf16 only",
+}
+LAYER_WHY = ("the ATB whole-layer op is paddle-custom-npu's own, not called: "
+             "the layer runs as Paddle ops on the device")
+PACKING_WHY = "PaddleNLP's packing ops are CUDA custom ops (paddlenlp_ops), not Paddle's"
+
+
+def inference_reasons(kind: str) -> dict[str, str]:
+    """Why the inference form's fused ops run as composites on device `kind`."""
+    blha = BLHA_WHY.get(kind, f"Paddle has no block_multihead_attention kernel for {kind}")
+    return {"block_multihead_attention": blha, "fused_blha_layer": LAYER_WHY,
+            **{k: PACKING_WHY for k in ("get_padding_offset", "remove_padding",
+                                        "rebuild_padding")}}
+
+
+def cpu_norm_choice(flags: frozenset[str], inference: bool) -> tuple[bool, str]:
+    """(use Paddle's CPU fused_rms_norm, why): its kernel is AVX-512F code (SIGILL without
+    avx512f) and has no backward, so only inference on an avx512f CPU uses it."""
+    if "avx512f" not in flags:
+        return False, ("Paddle's CPU fused_rms_norm is AVX-512 code (SIGILL here: no avx512f)"
+                       + ("" if inference else " and has no backward"))
+    if inference:
+        return True, "Paddle's CPU rms_norm kernel is AVX-512F code; this CPU has avx512f"
+    return False, "Paddle's CPU fused_rms_norm has no backward kernel"
+
+
+def choose_kernels(device: str, flags: frozenset[str] | None = None, *,
+                   inference: bool = False) -> Kernels:
     """The kernel choice for `device` (cpu|gpu|npu|mlu|iluvatar_gpu); `flags` are the CPU's
-    feature flags (read from /proc/cpuinfo when None)."""
+    feature flags (read from /proc/cpuinfo when None). `inference`: no backward is needed,
+    so forward-only kernels qualify."""
     kind = device.partition(":")[0]
     if kind != "cpu":
+        reasons = {k: f"{kind} kernel" for k in ("rms_norm", "rope", "attention")}
         return Kernels(kind, fused_rms_norm=True, fused_rope=True, swiglu=True, sdpa=True,
-                       reasons={k: f"{kind} kernel" for k in ("rms_norm", "rope", "attention")})
+                       reasons={**reasons, **inference_reasons(kind)})
     flags = cpu_flags() if flags is None else flags
-    norm_why = ("Paddle's CPU fused_rms_norm is AVX-512 code (SIGILL here: no avx512f) and "
-                "has no backward" if "avx512f" not in flags else
-                "Paddle's CPU fused_rms_norm has no backward kernel")
-    return Kernels("cpu", fused_rms_norm=False, fused_rope=False, swiglu=True, sdpa=True,
+    fused_norm, norm_why = cpu_norm_choice(flags, inference)
+    return Kernels("cpu", fused_rms_norm=fused_norm, fused_rope=False, swiglu=True, sdpa=True,
                    reasons={"rms_norm": norm_why, "add_rms_norm": norm_why,
                             "lm_head": norm_why, "fused_rms_norm": norm_why,
-                            "rope": "fused_rotary_position_embedding has no CPU kernel"})
+                            "rope": "fused_rotary_position_embedding has no CPU kernel",
+                            "fused_bias_act": "Paddle's fused_bias_act has no CPU kernel",
+                            **inference_reasons("cpu")})

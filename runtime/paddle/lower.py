@@ -46,15 +46,28 @@ def lowers(*kinds: str):
 
 
 class Lowering:
-    """What a lowering needs: the paddle modules and the device's kernel choice."""
+    """What a lowering needs: the paddle modules, the device's kernel choice and the graph."""
 
-    def __init__(self, kernels: Kernels):
+    def __init__(self, kernels: Kernels, graph: Graph | None = None):
         paddle = import_paddle()
         import paddle.incubate.nn.functional as incubate
         import paddle.nn.functional as functional
 
         self.paddle, self.F, self.IF = paddle, functional, incubate
-        self.kernels = kernels
+        self.kernels, self.graph = kernels, graph
+        self._readers: dict[Value, int] | None = None
+
+    def sole_reader(self, v: Value) -> bool:
+        """Whether one op reads `v` and the graph does not return it: a lowering may then
+        update v's tensor in place (as Paddle's own cache-writing kernels do)."""
+        if self.graph is None:
+            return False
+        if self._readers is None:
+            self._readers = {}
+            for op in self.graph.ops:
+                for x in op.inputs:
+                    self._readers[x] = self._readers.get(x, 0) + 1
+        return self._readers.get(v, 0) == 1 and v not in self.graph.outputs
 
     def const(self, arr: np.ndarray):
         """A constant tensor (no gradient)."""
@@ -84,13 +97,12 @@ def last_uses(g: Graph) -> dict[int, list[Value]]:
 
 def lower_ops(graph: Graph, kernels: Kernels) -> list[tuple[Op, Step]]:
     """Each op of `graph` with its Paddle step; an op without a lowering is an error."""
-    ctx = Lowering(kernels)
+    ctx = Lowering(kernels, graph)
     steps = []
     for op in graph.ops:
         fn = LOWERINGS.get(op.kind)
         if fn is None:
-            raise LoweringError(f"op '{op.kind}' has no Paddle lowering; compile for a per-op "
-                                "target (cpu, cuda, mlu370, bi150) or the full form")
+            raise LoweringError(f"op '{op.kind}' has no Paddle lowering")
         steps.append((op, fn(op, ctx)))
     return steps
 
@@ -100,6 +112,9 @@ class PaddleProgram:
 
     `program(inputs)` runs the graph (inputs by name, numpy arrays or tensors) and returns
     its outputs as tensors; float parameters are trainable unless `trainable=False`.
+    A forward-only program (`trainable=False`) may take forward-only kernels, and runs the
+    ops that read only weights (e.g. ascend910b's qkv / gate_up weight concats) once, here:
+    their results stay, and the parameters nothing else reads are let go.
     `kernels.report()` says which kernel each op kind ran with."""
 
     def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], *, device: str = "cpu",
@@ -107,11 +122,30 @@ class PaddleProgram:
         self.paddle = import_paddle()
         self.place = place_for(device)
         self.graph = graph
-        self.kernels = kernels or choose_kernels(device)
+        self.kernels = kernels or choose_kernels(device, inference=not trainable)
         self.params = {name: self._param(v, weights, trainable) for name, v in graph.params.items()}
         self.steps = lower_ops(graph, self.kernels)
         self._frees = last_uses(graph)
         self.segments = segments(graph)
+        self.constants: Env = {v: self.params[v.name] for v in graph.params.values()}
+        self._folded: set[int] = set() if trainable else self._fold_weight_ops()
+
+    def _fold_weight_ops(self) -> set[int]:
+        """Run the steps whose operands are all weights or their results, once; keep in
+        `constants` only what the other steps read or the graph returns."""
+        folded: set[int] = set()
+        with self.paddle.no_grad():
+            for i, (op, step) in enumerate(self.steps):
+                if all(v in self.constants for v in op.inputs):
+                    self.constants.update(zip(op.outputs, step(self.constants)))
+                    folded.add(i)
+        needed = set(self.graph.outputs)
+        for i, (op, _) in enumerate(self.steps):
+            if i not in folded:
+                needed.update(op.inputs)
+        self.constants = {v: t for v, t in self.constants.items() if v in needed}
+        self.params = {v.name: t for v, t in self.constants.items() if v.is_param}
+        return folded
 
     def _param(self, v: Value, weights: Mapping[str, np.ndarray], trainable: bool):
         try:
@@ -138,7 +172,7 @@ class PaddleProgram:
     def __call__(self, inputs: Mapping[str, object], recompute: bool = False) -> list:
         """The graph's outputs for `inputs`; `recompute` keeps no activation inside a
         decoder layer for the backward pass (each layer is run again there)."""
-        env: Env = {v: self.params[v.name] for v in self.graph.params.values()}
+        env: Env = dict(self.constants)
         for v in self.graph.inputs:
             if v.name not in inputs:
                 raise LoweringError(f"missing graph input %{v.name}")
@@ -157,17 +191,16 @@ class PaddleProgram:
     def _run_steps(self, env: Env, start: int, stop: int) -> None:
         for i in range(start, stop):
             op, step = self.steps[i]
-            env.update(zip(op.outputs, step(env)))
+            if i not in self._folded:
+                env.update(zip(op.outputs, step(env)))
             for v in self._frees.get(i, ()):
                 env.pop(v, None)
 
     def _recompute(self, env: Env, seg: Segment) -> None:
         from paddle.distributed.fleet.utils import recompute
 
-        params = {v: self.params[v.name] for v in self.graph.params.values()}
-
         def run(*tensors):
-            local = dict(params)
+            local = dict(self.constants)
             local.update(zip(seg.inputs, tensors))
             self._run_steps(local, seg.start, seg.stop)
             return tuple(local[v] for v in seg.outputs)

@@ -86,6 +86,7 @@ def _layer_norm(op, ctx):
 def _fbrl(op, ctx):
     eps, alpha = op.attrs["epsilon"], op.attrs["residual_alpha"]
     args = operand_reader(op, "x", "residual", "norm_weight", "norm_bias")
+    ctx.kernels.note(op.kind, "composite x + alpha * residual, paddle layer_norm")
 
     def run(env):
         x, r, w, b = args(env)
@@ -131,19 +132,37 @@ def _cross_entropy(op, ctx):
     return run
 
 
+def swiglu_fn(ctx: Lowering, kind: str):
+    """fn(x) -> silu(x's first half) * its second half, by the device's kernel choice
+    (recorded under `kind`)."""
+    if ctx.kernels.swiglu:
+        ctx.kernels.note(kind, "paddle.nn.functional.swiglu")
+        return ctx.F.swiglu
+    ctx.kernels.note(kind, "composite silu(gate) * up")
+
+    def composite(x):
+        gate, up = ctx.paddle.chunk(x, 2, axis=-1)
+        return ctx.F.silu(gate) * up
+
+    return composite
+
+
 @lowers("fused_bias_act")
 def _fused_bias_act(op, ctx):
     act = op.attrs["act_method"]
     args = operand_reader(op, "x", "bias")
     p, F = ctx.paddle, ctx.F
-    acts = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu}
+    acts = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu,
+            "swiglu": swiglu_fn(ctx, op.kind) if act == "swiglu" else None}
+    if act != "swiglu":
+        ctx.kernels.note(op.kind, f"composite {act}(x + bias)")
 
     def run(env):
         x, b = args(env)
         y = x if b is None else x + b
-        if act in ("swiglu", "geglu"):
+        if act == "geglu":
             gate, up = p.chunk(y, 2, axis=-1)
-            return [(F.silu(gate) if act == "swiglu" else F.gelu(gate)) * up]
+            return [F.gelu(gate) * up]
         return [acts[act](y)]
 
     return run

@@ -1,7 +1,8 @@
 """Training steps on a full-form graph lowered to Paddle: causal-LM loss with label masking,
 AdamW (paddle.optimizer.AdamW), warmup + cosine/linear/constant schedules, gradient
 clipping by global norm, gradient accumulation, activation recompute per decoder layer
-(segments.py), a seed.
+(segments.py), dropout on chosen linears' inputs (train_rng.py), bf16 autocast where the
+device has bf16 kernels, a seed, and the random generators' state in `state_dict()`.
 
     trainer = Trainer(graph, weights, TrainConfig(lr=3e-4, total_steps=1000))
     metrics = trainer.step({"input_ids": ids, "labels": labels})  # one optimizer update
@@ -11,14 +12,16 @@ build_graph(..., "full", last_token_only=False), optionally through a per-op tar
 pipeline). Labels follow transformers: aligned with input_ids, shifted inside (token t
 predicts label t + 1), -100 (`ignore_index`) masks a position; without labels the
 input_ids are the labels. The loss is the mean over the batch's unmasked tokens,
-whatever the accumulation split.
+whatever the accumulation split. A batch may carry `position_ids` (default 0..seq-1 per
+row) and, for a graph with a `segment_ids` input (packed rows), `segment_ids`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
 import numpy as np
@@ -28,8 +31,10 @@ from llmc.compiler.ir import Graph
 
 from .lower import PaddleProgram
 from .schedule import SCHEDULES, lr_factor
+from .train_rng import apply_input_dropout, check_rates, rng_state, set_rng_state
 
 DTYPES = ("float32", "bfloat16")
+GRAPH_INPUTS = ({"input_ids", "position_ids"}, {"input_ids", "position_ids", "segment_ids"})
 
 
 class TrainingError(LlmcError):
@@ -57,6 +62,8 @@ class TrainConfig:
     device: str = "cpu"
     ignore_index: int = -100
     recompute: bool = False
+    # parameter name -> dropout rate on the input of the linear reading it (training only)
+    input_dropout: dict[str, float] = field(default_factory=dict)
 
     def check(self) -> None:
         """Refuse settings that cannot train, naming the field."""
@@ -70,6 +77,12 @@ class TrainConfig:
                                 "warmup_steps >= 0")
         if self.lr <= 0 or (self.max_grad_norm is not None and self.max_grad_norm <= 0):
             raise TrainingError("lr and max_grad_norm must be positive")
+        check_rates(self.input_dropout)
+
+    def autocast_args(self) -> dict:
+        """The arguments of paddle.amp.auto_cast for this config's dtype (bf16: O1, matmuls
+        and other white-listed ops in bfloat16, the rest float32)."""
+        return {"enable": self.dtype == "bfloat16", "dtype": "bfloat16", "level": "O1"}
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step `step` (0-based)."""
@@ -80,13 +93,33 @@ class TrainConfig:
 def check_training_graph(graph: Graph) -> None:
     """A training graph takes input_ids and position_ids and returns logits for every one."""
     names = {v.name: v for v in graph.inputs}
-    if set(names) != {"input_ids", "position_ids"}:
+    if set(names) not in GRAPH_INPUTS:
         raise TrainingError(f"graph @{graph.name} is not a full-form graph (inputs input_ids, "
-                            "position_ids)")
+                            "position_ids[, segment_ids])")
     logits = graph.outputs[0].type.shape
     if len(logits) != 3 or logits[1] != names["input_ids"].type.shape[1]:
         raise TrainingError(f"graph @{graph.name} returns logits {list(logits)}, not one row per "
                             "input position; build the full form with last_token_only=False")
+
+
+def bf16_unavailable(paddle, autocast_args: dict) -> str | None:
+    """None when auto_cast (with `autocast_args`) runs a matmul in bfloat16 on the current
+    device; else why not, as measured here with a 2x2 matmul (Paddle's own warning, and
+    whether the build has a bfloat16 matmul kernel for the device at all)."""
+    x = paddle.ones([2, 2])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with paddle.amp.auto_cast(**{**autocast_args, "enable": True}):
+            if paddle.matmul(x, x).dtype == paddle.bfloat16:
+                return None
+    said = [str(w.message).rstrip(".") for w in caught if "amp" in str(w.message)]
+    try:
+        paddle.matmul(x.astype("bfloat16"), x.astype("bfloat16"))
+        kernel = "a bfloat16 matmul does run when called directly"
+    except Exception:  # Paddle's NotFound: no kernel registered for the dtype
+        kernel = "this build registers no bfloat16 matmul kernel for the device either"
+    return (f"Paddle {paddle.__version__}'s auto_cast(dtype='bfloat16') leaves matmuls in "
+            f"float32 here ({'; '.join(said + [kernel])})")
 
 
 class Trainer:
@@ -99,9 +132,14 @@ class Trainer:
         self.config = config
         self.program = program or PaddleProgram(graph, weights, device=config.device)
         self.paddle = paddle = self.program.paddle
-        if config.dtype == "bfloat16" and config.device.partition(":")[0] == "cpu":
-            raise TrainingError("dtype bfloat16: Paddle's CPU autocast leaves matmuls in float32 "
-                                "(no bf16 CPU autocast); use float32 on cpu")
+        if config.dtype == "bfloat16":
+            why = bf16_unavailable(paddle, config.autocast_args())
+            if why:
+                raise TrainingError(f"dtype bfloat16 on {config.device}: {why}; train in "
+                                    "float32 there")
+        self.inputs = {v.name for v in graph.inputs}
+        self._dropout_on = False
+        apply_input_dropout(self.program, config.input_dropout, lambda: self._dropout_on)
         paddle.seed(config.seed)
         params = self.program.parameters()
         decayed = {p.name for p in params if p.ndim >= 2}
@@ -121,14 +159,25 @@ class Trainer:
                 apply_decay_param_fun=lambda name: name in decayed, grad_clip=clip)
         self.step_count = 0
 
-    def loss_sum(self, input_ids, labels):
-        """(sum of the token losses, count of unmasked tokens) of one micro-batch."""
+    def loss_sum(self, input_ids, labels, position_ids=None, segment_ids=None):
+        """(sum of the token losses, count of unmasked tokens) of one micro-batch, with the
+        training step's dropout on."""
         p = self.paddle
         ids = p.to_tensor(np.asarray(input_ids, dtype=np.int64))
-        pos = p.arange(ids.shape[1], dtype="int64").unsqueeze(0).expand(ids.shape)
-        with self._autocast():
-            logits = self.program({"input_ids": ids, "position_ids": pos},
-                                  recompute=self.config.recompute)[0]
+        pos = (p.arange(ids.shape[1], dtype="int64").unsqueeze(0).expand(ids.shape)
+               if position_ids is None else p.to_tensor(np.asarray(position_ids, np.int64)))
+        inputs = {"input_ids": ids, "position_ids": pos}
+        if ("segment_ids" in self.inputs) != (segment_ids is not None):
+            raise TrainingError("segment_ids must be given exactly when the graph takes them "
+                                "(a packed-batch graph)")
+        if segment_ids is not None:
+            inputs["segment_ids"] = p.to_tensor(np.asarray(segment_ids, dtype=np.int64))
+        self._dropout_on = True
+        try:
+            with p.amp.auto_cast(**self.config.autocast_args()):
+                logits = self.program(inputs, recompute=self.config.recompute)[0]
+        finally:
+            self._dropout_on = False
         logits = logits[:, :-1].astype("float32")
         target = p.to_tensor(np.asarray(labels, dtype=np.int64)[:, 1:])
         valid = target != self.config.ignore_index
@@ -136,10 +185,6 @@ class Trainer:
         picked = p.take_along_axis(logits, safe.unsqueeze(-1), axis=-1).squeeze(-1)
         token_loss = (p.logsumexp(logits, axis=-1) - picked) * valid.astype("float32")
         return token_loss.sum(), int(valid.astype("int64").sum())
-
-    def _autocast(self):
-        return self.paddle.amp.auto_cast(enable=self.config.dtype == "bfloat16",
-                                         dtype="bfloat16", level="O1")
 
     def step(self, batch: Mapping[str, np.ndarray]) -> dict:
         """One optimizer update on `batch` ({"input_ids": [b, s], "labels"?: [b, s]}), split
@@ -155,10 +200,13 @@ class Trainer:
             raise TrainingError("the batch has no unmasked label (every label is ignore_index)")
         lr = self.config.lr_at(self.step_count)
         self.optimizer.set_lr(lr)
+        extra = {k: np.asarray(batch[k], dtype=np.int64) for k in ("position_ids", "segment_ids")
+                 if batch.get(k) is not None}
         loss = 0.0
         for rows in np.array_split(np.arange(len(ids)), min(self.config.accumulation_steps,
                                                              len(ids))):
-            part, _ = self.loss_sum(ids[rows], labels[rows])
+            part, _ = self.loss_sum(ids[rows], labels[rows],
+                                    **{k: v[rows] for k, v in extra.items()})
             part = part / total
             part.backward()
             loss += float(part)
@@ -183,10 +231,12 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """What resuming needs, as numpy: {"step", "weights" (by graph name), "optimizer"
-        (AdamW moments and beta powers by Paddle's accumulator names)}."""
+        (AdamW moments and beta powers by Paddle's accumulator names), "rng" (the random
+        generators, JSON-ready: train_rng.rng_state)}."""
         opt = {k: v.numpy() if isinstance(v, self.paddle.Tensor) else v
                for k, v in self.optimizer.state_dict().items()}
-        return {"step": self.step_count, "weights": self.program.state_dict(), "optimizer": opt}
+        return {"step": self.step_count, "weights": self.program.state_dict(), "optimizer": opt,
+                "rng": rng_state(self.paddle)}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from `state_dict()` of a Trainer of the same graph (before any step)."""
@@ -201,6 +251,8 @@ class Trainer:
         self.optimizer.set_state_dict({k: self.paddle.to_tensor(v) if isinstance(v, np.ndarray)
                                        else v for k, v in state["optimizer"].items()})
         self.step_count = int(state["step"])
+        if state.get("rng") is not None:
+            set_rng_state(self.paddle, state["rng"])
 
     def describe(self) -> dict:
         """The config and the kernels used, for logs and metrics files."""
