@@ -16,12 +16,13 @@ import numpy as np
 
 from llmc.compiler.builder import make_op
 from llmc.compiler.errors import LlmcError
-from llmc.compiler.ir import DType, Graph, TensorType, Value
+from llmc.compiler.ir import DType, Graph
 from llmc.compiler.passmanager import Instruments, PassContext, PassRecord
 from llmc.compiler.verifier import verify
 from llmc.frontends.llama import build_full, build_inference
 from llmc.frontends.loader import Checkpoint, open_checkpoint
 from llmc.passes.pipelines import Parallel, get_target, pipeline_for
+from llmc.passes.shard_tp import param_bytes, param_bytes_note, per_rank_param_bytes
 from llmc.runtime.generate import check_length, eos_ids
 
 from .artifact import Artifact, Compiled, check_output, load_artifact, write_artifact
@@ -103,16 +104,6 @@ def validate_weights(ckpt: Checkpoint, g: Graph, progress: Progress | None = Non
     ckpt.validate(expected, tick)
 
 
-def held_on_a_rank(p: Value) -> TensorType:
-    """The type of what one rank holds of parameter `p`: its largest shard when it is read
-    only through `shard` ops (the runtime slices it lazily from the checkpoint), else all
-    of it (replicated)."""
-    shards = [u.output.type for u in p.users if u.kind == "shard" and u.operand("x") is p]
-    if not shards or len(shards) != len(p.users):
-        return p.type
-    return max(shards, key=lambda t: t.numel() or 0)
-
-
 # bytes per element of the dtypes a config.json may declare (torch_dtype)
 CONFIG_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
@@ -131,15 +122,12 @@ def stored_itemsize(manifest: dict, config_dtype: str) -> dict[str, int]:
 
 
 def param_sizes(g: Graph, itemsize: dict[str, int] | None = None) -> dict[str, int]:
-    """Elements and bytes of the parameters, in all and on one rank; bytes at `itemsize`
-    (parameter name → bytes per element), else at the graph's dtypes."""
-    sizes = dict.fromkeys(("elements", "elements_per_rank", "bytes", "bytes_per_rank"), 0)
-    for name, p in g.params.items():
-        for key, t in (("", p.type), ("_per_rank", held_on_a_rank(p))):
-            n = t.numel() or 0
-            sizes["elements" + key] += n
-            sizes["bytes" + key] += n * (itemsize or {}).get(name, t.dtype.np.itemsize)
-    return sizes
+    """Elements and bytes of the parameters, whole and on one rank (shard_tp's rule: a
+    parameter read only through `shard` ops counts as its largest slice); bytes at
+    `itemsize` (parameter name → bytes per element), else at the graph's dtypes."""
+    ones = dict.fromkeys(g.params, 1)  # one byte per element: the element counts
+    return {"elements": param_bytes(g, ones), "elements_per_rank": per_rank_param_bytes(g, ones),
+            "bytes": param_bytes(g, itemsize), "bytes_per_rank": per_rank_param_bytes(g, itemsize)}
 
 
 def parallel_report(parallel: Parallel, g: Graph, records: list[PassRecord],
@@ -152,7 +140,7 @@ def parallel_report(parallel: Parallel, g: Graph, records: list[PassRecord],
 
 
 def per_rank_line(p: dict) -> str:
-    """One line on what each tensor-parallel rank holds (for the pass log and the summary)."""
+    """One line on what each tensor-parallel rank holds (the compile summary)."""
     flags = "".join((", sequence parallel" if p["sequence_parallel"] else "",
                      ", mc2" if p["mc2"] else ""))
     return (f"tp {p['tp']}{flags}: {p['param_elements_per_rank']:,} parameters per rank "
@@ -217,8 +205,9 @@ def compile_model(
     t2 = time.perf_counter()
     manifest = weights_manifest(g, ckpt)
     tp = parallel_report(parallel, g, records, stored_itemsize(manifest, cfg.dtype))
-    if parallel.tp > 1:
-        sink(f"--- Tensor parallel: {per_rank_line(tp)}")
+    note = param_bytes_note(PassContext(model={"tensor_parallel": tp})) if parallel.tp > 1 else None
+    if note is not None:
+        sink(note)
     report = _report(source, tgt, form, cfg, g, ops_in, (t0, t1, t2), records, tp)
     return Compiled(g, tgt.name, form, records, report, manifest, lines)
 

@@ -14,18 +14,17 @@ runs first, on the frontend's unfused graph, then the target's fusions, then `fu
 (linear + collective → one MC2 op) where it is on, then cse, dce. fuse_mc2 is on by
 default for ascend910b (its MC2 kernels) and on the other targets by `mc2=True` (`--mc2`;
 the GPU analog is PyTorch's async-TP). It runs after the target's fusions: none of them
-consumes a row-parallel linear's partial sums, so it still finds 2 per layer, and a
-sequence-parallel gather then meets the linears as the fusions left them.
+consumes a row-parallel linear's partial sums, so it still finds 2 per layer, and with
+sequence parallelism a gathered input meets one merged linear (fuse_qkv and fuse_gate_up
+merge the weight slices of sibling linears), which all_gather_matmul takes.
 
 A target's `tp_drops` are left out when tp > 1 because they cannot match a sharded graph
-(they would only print "matched 0 (expected N)" warnings):
-- ascend910b: the whole-layer fusions llama_fuse_attention_layer{_begin,_end,} (the ATB
-  layer op has no collective inside; with every o_proj / down_proj followed by an all_reduce
-  the layer pattern is broken) and llama_fuse_lm_head{_with_slice,} (the logits are the
-  all_gather of a vocabulary-parallel linear, not the linear itself). A tp > 1 ascend910b
-  graph keeps per-op kernels: rms_norm, block attention, matmul_all_reduce.
-- cuda / cpu: fuse_qkv and fuse_gate_up (they merge linears on parameter weights; a
-  column-parallel linear's weight is a `shard` of one).
+(they would only print "matched 0 (expected N)" warnings). Only ascend910b has any: the
+whole-layer fusions llama_fuse_attention_layer{_begin,_end,} (the ATB layer op has no
+collective inside; with every o_proj / down_proj followed by an all_reduce the layer pattern
+is broken) and llama_fuse_lm_head{_with_slice,} (the logits are the all_gather of a
+vocabulary-parallel linear, not the linear itself). A tp > 1 ascend910b graph keeps per-op
+kernels: rms_norm, block attention, matmul_all_reduce. The per-op targets keep every fusion.
 """
 
 from __future__ import annotations
@@ -48,7 +47,6 @@ ASCEND_VENDOR_PASSES = (
 ASCEND_WHOLE_LAYER = ("llama_fuse_attention_layer_begin", "llama_fuse_attention_layer_end",
                       "llama_fuse_attention_layer")
 ASCEND_LM_HEAD = ("llama_fuse_lm_head_with_slice", "llama_fuse_lm_head")
-MERGED_WEIGHTS = ("fuse_gate_up", "fuse_qkv")
 CLEANUP = ("cse", "dce")
 PER_OP_NO_RESIDUAL = (
     "fuse_rms_norm{residual=false}",
@@ -111,7 +109,6 @@ TARGETS: dict[str, Target] = {
             "NVIDIA GPU: rms_norm(+residual), rope, GQA attention, swiglu, merged qkv / gate_up",
             "cache",
             PER_OP_FULL + CLEANUP,
-            tp_drops=MERGED_WEIGHTS,
         ),
         Target(
             "cpu",
@@ -119,7 +116,6 @@ TARGETS: dict[str, Target] = {
             "GroupQueryAttention / MultiHeadAttention; swiglu and merged matmuls are plain ops)",
             "cache",
             PER_OP_FULL + CLEANUP,
-            tp_drops=MERGED_WEIGHTS,
         ),
     )
 }
