@@ -20,8 +20,11 @@ from .options import (
     Form,
     Format,
     JsonOut,
+    Mc2,
     ModelDir,
+    SequenceParallel,
     Target,
+    TensorParallel,
     echo_json,
     model_source,
     tensor_progress,
@@ -99,6 +102,9 @@ def compile_(
     target: Target = typer.Option(..., "--target", "-t", help="The target to compile for."),
     output: Path = typer.Option(..., "-o", "--output", help="Artifact directory to write (atomically; an existing artifact there is replaced)."),
     form: Optional[Form] = typer.Option(None, "--form", help="Graph form (default: the target's)."),
+    tp: int = TensorParallel,
+    sequence_parallel: bool = SequenceParallel,
+    mc2: Optional[bool] = Mc2,
     json_out: bool = JsonOut,
     force: bool = Force,
     instruments=None,
@@ -106,11 +112,14 @@ def compile_(
     """Import a checkpoint (or config), run the target's pipeline, write the artifact.
 
     The pass log goes to stderr: `--- Running IR pass [name]  matched N (expected M)  ...`.
+    With --tp N the graph is sharded first and the summary gives the parameters per rank.
     """
     from llmc.artifact import check_output, write_artifact
-    from llmc.compile import compile_model
+    from llmc.compile import compile_model, per_rank_line
     from llmc.overwrite import refuse_overwriting_inputs
+    from llmc.passes.pipelines import Parallel
 
+    parallel = Parallel(tp, sequence_parallel, mc2)
     source = model_source(model_dir, config, "compile")
     refuse_overwriting_inputs([output], files=[config], dirs=[model_dir], force=force,
                               replaces_dir=True)
@@ -118,7 +127,8 @@ def compile_(
     check_output(output)  # before the pipeline runs
     with tensor_progress(not json_out) as progress:
         c = compile_model(source, target, form, instruments, log=None if json_out else _err,
-                          emit_ir=lambda h, t: _err(f"{h}\n{t}"), progress=progress)
+                          emit_ir=lambda h, t: _err(f"{h}\n{t}"), progress=progress,
+                          parallel=parallel)
     if c.report["mismatches"]:
         _err(f"WARNING: {len(c.report['mismatches'])} pass(es) matched other than the model predicts: "
              f"{', '.join(c.report['mismatches'])}")
@@ -128,6 +138,8 @@ def compile_(
     else:
         typer.echo(f"wrote {output} ({c.report['ops_in']} -> {c.report['ops_out']} ops, "
                    f"{c.report['pipeline_ms']:.1f} ms)")
+        if parallel.tp > 1:
+            typer.echo(per_rank_line(c.report["parallel"]))
 
 
 def fixture(

@@ -16,12 +16,13 @@ import numpy as np
 
 from llmc.compiler.builder import make_op
 from llmc.compiler.errors import LlmcError
-from llmc.compiler.ir import Graph
+from llmc.compiler.ir import DType, Graph
 from llmc.compiler.passmanager import Instruments, PassContext, PassRecord
 from llmc.compiler.verifier import verify
 from llmc.frontends.llama import build_full, build_inference
 from llmc.frontends.loader import Checkpoint, open_checkpoint
-from llmc.passes.pipelines import get_target
+from llmc.passes.pipelines import Parallel, get_target, pipeline_for
+from llmc.passes.shard_tp import param_bytes, param_bytes_note, per_rank_param_bytes
 from llmc.runtime.generate import check_length, eos_ids
 
 from .artifact import Artifact, Compiled, check_output, load_artifact, write_artifact
@@ -103,8 +104,52 @@ def validate_weights(ckpt: Checkpoint, g: Graph, progress: Progress | None = Non
     ckpt.validate(expected, tick)
 
 
+# bytes per element of the dtypes a config.json may declare (torch_dtype)
+CONFIG_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+def stored_itemsize(manifest: dict, config_dtype: str) -> dict[str, int]:
+    """Bytes per element of each parameter as the checkpoint stores it (the manifest's
+    dtype), or as the config declares it when there are no weights (`--config`)."""
+    default = CONFIG_ITEMSIZE.get(config_dtype)
+    out = {}
+    for name, entry in manifest["tensors"].items():
+        if "dtype" in entry:
+            out[name] = DType(entry["dtype"]).np.itemsize
+        elif default is not None:
+            out[name] = default
+    return out
+
+
+def param_sizes(g: Graph, itemsize: dict[str, int] | None = None) -> dict[str, int]:
+    """Elements and bytes of the parameters, whole and on one rank (shard_tp's rule: a
+    parameter read only through `shard` ops counts as its largest slice); bytes at
+    `itemsize` (parameter name → bytes per element), else at the graph's dtypes."""
+    ones = dict.fromkeys(g.params, 1)  # one byte per element: the element counts
+    return {"elements": param_bytes(g, ones), "elements_per_rank": per_rank_param_bytes(g, ones),
+            "bytes": param_bytes(g, itemsize), "bytes_per_rank": per_rank_param_bytes(g, itemsize)}
+
+
+def parallel_report(parallel: Parallel, g: Graph, records: list[PassRecord],
+                    itemsize: dict[str, int] | None = None) -> dict:
+    """The report's `parallel` entry: the options, whether fuse_mc2 ran, and the parameter
+    elements and bytes (at `itemsize`) in all and per rank."""
+    return {"tp": parallel.tp, "sequence_parallel": parallel.sequence_parallel,
+            "mc2": any(r.name == "fuse_mc2" and not r.skipped for r in records),
+            **{f"param_{k}": v for k, v in param_sizes(g, itemsize).items()}}
+
+
+def per_rank_line(p: dict) -> str:
+    """One line on what each tensor-parallel rank holds (the compile summary)."""
+    flags = "".join((", sequence parallel" if p["sequence_parallel"] else "",
+                     ", mc2" if p["mc2"] else ""))
+    return (f"tp {p['tp']}{flags}: {p['param_elements_per_rank']:,} parameters per rank "
+            f"({p['param_bytes_per_rank'] / 2**20:,.1f} MiB of {p['param_bytes'] / 2**20:,.1f} "
+            "MiB as stored)")
+
+
 def _report(source, tgt, form: str, cfg, g: Graph, ops_in: int, times: tuple[float, ...],
-            records: list[PassRecord]) -> dict:
+            records: list[PassRecord], parallel: dict) -> dict:
     t0, t1, t2 = times
     return {
         "target": tgt.name,
@@ -119,6 +164,7 @@ def _report(source, tgt, form: str, cfg, g: Graph, ops_in: int, times: tuple[flo
         "pipeline_ms": round((t2 - t1) * 1e3, 3),
         "passes": [asdict(r) | {"mismatch": r.mismatch} for r in records],
         "mismatches": [r.name for r in records if r.mismatch],
+        "parallel": parallel,
     }
 
 
@@ -130,9 +176,12 @@ def compile_model(
     log: Callable[[str], None] | None = None,
     emit_ir: Callable[[str, str], None] | None = None,
     progress: Progress | None = None,
+    parallel: Parallel | None = None,
 ) -> Compiled:
-    """Import `source` (model dir or config .json), run the target's pipeline, verify."""
+    """Import `source` (model dir or config .json), run the target's pipeline (sharded
+    first when `parallel.tp` > 1), verify."""
     tgt = get_target(target)
+    parallel = parallel or Parallel()
     form = form or tgt.form
     ckpt = open_checkpoint(source)
     cfg = ckpt.config
@@ -149,11 +198,18 @@ def compile_model(
         validate_weights(ckpt, g, progress)
     t1 = time.perf_counter()
     ops_in = len(g)
-    records = run_pipeline(g, tgt.spec, instruments, log=sink, emit_ir=emit_ir,
+    spec = pipeline_for(tgt.name, parallel.tp, parallel.sequence_parallel, parallel.mc2)
+    records = run_pipeline(g, spec, instruments, log=sink, emit_ir=emit_ir,
                            ctx=PassContext(model=model_facts(cfg, form)))
     verify(g)
-    report = _report(source, tgt, form, cfg, g, ops_in, (t0, t1, time.perf_counter()), records)
-    return Compiled(g, tgt.name, form, records, report, weights_manifest(g, ckpt), lines)
+    t2 = time.perf_counter()
+    manifest = weights_manifest(g, ckpt)
+    tp = parallel_report(parallel, g, records, stored_itemsize(manifest, cfg.dtype))
+    note = param_bytes_note(PassContext(model={"tensor_parallel": tp})) if parallel.tp > 1 else None
+    if note is not None:
+        sink(note)
+    report = _report(source, tgt, form, cfg, g, ops_in, (t0, t1, t2), records, tp)
+    return Compiled(g, tgt.name, form, records, report, manifest, lines)
 
 
 def check_prompt(config: dict, prompt_ids: list[int], max_new_tokens: int) -> None:

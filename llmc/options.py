@@ -42,6 +42,16 @@ ModelDir = typer.Argument(None, show_default=False, metavar="[MODEL_DIR]",
                                "Give this or --config, not both.")
 ConfigFile = typer.Option(None, "--config", "-c", show_default=False, metavar="FILE",
                           help="A config.json alone: a graph with unbacked parameters, no weights.")
+TensorParallel = typer.Option(1, "--tp", min=1, metavar="N",
+                              help="Tensor-parallel ranks: shard the model N ways "
+                                   "(shard_tensor_parallel runs first).")
+SequenceParallel = typer.Option(False, "--sequence-parallel",
+                                help="With --tp: split the residual stream along the sequence "
+                                     "(reduce_scatter / all_gather instead of all_reduce; "
+                                     "full form only).")
+Mc2 = typer.Option(None, "--mc2/--no-mc2", show_default=False,
+                   help="With --tp: fuse each linear with its collective (fuse_mc2). "
+                        "Default: on for ascend910b, off elsewhere.")
 AllowPickle = typer.Option(False, "--allow-pickle",
                            help="Allow pytorch_model.bin (a pickle: only for trusted files).")
 

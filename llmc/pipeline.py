@@ -31,8 +31,11 @@ def run_pipeline(g: Graph, spec: str, instruments: Instruments | None = None,
     return pm.run(g, ctx)
 
 
-def list_passes(target: str | None = None) -> list[dict]:
-    """Every registered pass (spec and one-line doc), or a target's pipeline in order."""
+def list_passes(target: str | None = None, tp: int = 1, sequence_parallel: bool = False,
+                mc2: bool | None = None) -> list[dict]:
+    """Every registered pass (spec and one-line doc), or a target's pipeline in order
+    (tensor-parallel when tp > 1)."""
     if target is None:
         return [{"spec": n, "doc": PASSES[n].doc()} for n in sorted(PASSES)]
-    return [{"spec": p.spec(), "doc": type(p).doc()} for p in parse_pipeline(pipeline_for(target))]
+    spec = pipeline_for(target, tp, sequence_parallel, mc2)
+    return [{"spec": p.spec(), "doc": type(p).doc()} for p in parse_pipeline(spec)]

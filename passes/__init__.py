@@ -9,6 +9,7 @@ from . import fuse_attention  # noqa: F401
 from . import fuse_mlp  # noqa: F401
 from . import fuse_qkv  # noqa: F401
 from . import fuse_lm_head_slice  # noqa: F401
+from . import fuse_mc2  # noqa: F401
 from . import vendor_norms  # noqa: F401
 from . import vendor_layer  # noqa: F401
 from . import vendor_io  # noqa: F401
