@@ -257,8 +257,8 @@ def launch_or_join(tp: int, dp: int = 1, nnodes: int = 1, master: str | None = N
 
 def artifact_graph(art, tp: int):
     """The graph a rank of `--tp` runs for `art`: its own when compiled with --tp N; for an
-    unsharded artifact, its form rebuilt from its checkpoint and sharded (per-op, no
-    target fusions)."""
+    unsharded artifact, the same target and form compiled again from its checkpoint with
+    --tp N (in memory: nothing is written)."""
     from llmc.runtime.simulate import group_size
 
     made_for = group_size(art.graph)
@@ -266,24 +266,18 @@ def artifact_graph(art, tp: int):
         return art.graph
     if made_for != 1:
         raise LlmcError(f"{art.path}: compiled for --tp {made_for}, not --tp {tp}")
-    form = art.report.get("form")
-    if form not in ("full", "cache"):
-        raise LlmcError(f"{art.path}: --tp runs the full or cache form, not '{form}'")
-    from llmc.compile import build_graph
-    from llmc.frontends.loader import open_checkpoint
+    from llmc.compile import compile_model
+    from llmc.passes.pipelines import Parallel
 
-    from .distributed_train import shard_graph
-
-    ckpt = open_checkpoint(art.manifest["model_dir"])
-    graph = build_graph(ckpt.config, ckpt.naming, form)
-    shard_graph(graph, tp)
-    return graph
+    report = art.report
+    return compile_model(art.manifest["model_dir"], report["target"], report.get("form"),
+                         parallel=Parallel(tp=tp)).graph
 
 
 def ranked_model(art, world):
-    """The artifact as one rank's `CausalLM` (cache form: DistProgram + the engine's KV
-    cache contract; full form: recomputing the sequence)."""
-    from llmc.runtime.paddle import PaddleCacheLM
+    """The artifact as one rank's `CausalLM` (cache form: the engine's KV cache contract;
+    inference form: the paged cache; full form: recomputing the sequence)."""
+    from llmc.runtime.paddle import PaddleCacheLM, PaddlePagedLM
     from llmc.runtime.paddle.dist_program import DistProgram
     from llmc.runtime.recompute import RecomputeLM
     from llmc.runtimes import max_positions
@@ -291,8 +285,11 @@ def ranked_model(art, world):
     graph, weights = artifact_graph(art, world.tp), art.weights()
     limit = max_positions(art.report.get("config", {}))
     program = DistProgram(graph, weights, world, trainable=False)
-    if "past_lens" in {v.name for v in graph.inputs}:
+    form = art.report.get("form")
+    if form == "cache":
         return PaddleCacheLM(graph, weights, max_positions=limit, program=program)
+    if form == "inference":
+        return PaddlePagedLM(graph, weights, program=program)
     lm = RecomputeLM(program.logits, int(graph.outputs[0].type.shape[-1]), limit)
     lm.kernels = program.kernels  # the report --json gives
     return lm

@@ -121,19 +121,34 @@ def test_tp2_trains_as_one_process_and_resumes_at_tp1(monkeypatch, capsys, files
     assert at_tp1["final_loss"] == pytest.approx(at_tp2["final_loss"], rel=1e-5)
 
 
-def test_generate_tp2_gives_one_process_greedy_tokens(monkeypatch, capsys, files, tmp_path):
-    art = tmp_path / "art"
-    code, _, err = run_cli(monkeypatch, capsys, "compile", files["model"], "--target", "cpu",
-                           "--form", "cache", "-o", art)
+def compile_artifact(monkeypatch, capsys, files, out, *args) -> Path:
+    code, _, err = run_cli(monkeypatch, capsys, "compile", files["model"], "-o", out, *args)
     assert code == 0, err
-    args = ("generate", art, "--ids", "1,5,9,14", "-n", "10", "--runtime", "paddle", "--json")
-    code, one_out, err = run_cli(monkeypatch, capsys, *args)
+    return out
+
+
+def generate(monkeypatch, capsys, art, *args) -> dict:
+    code, out, err = run_cli(monkeypatch, capsys, "generate", art, "--ids", "1,5,9,14", "-n",
+                             "10", "--runtime", "paddle", "--json", *args)
     assert code == 0, err
-    code, two_out, err = run_cli(monkeypatch, capsys, *args, "--tp", "2")
-    assert code == 0, err
-    one_doc, two_doc = json.loads(one_out), json.loads(two_out)
-    assert two_doc["results"] == one_doc["results"]
-    assert two_doc["kernels"]["all_reduce"] == "paddle.distributed.all_reduce"
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("target,form", [("cpu", "cache"), ("ascend910b", "inference")])
+def test_generate_tp2_gives_one_process_greedy_tokens(monkeypatch, capsys, files, tmp_path,
+                                                      target, form):
+    art = compile_artifact(monkeypatch, capsys, files, tmp_path / "art", "--target", target,
+                           "--form", form)
+    want = generate(monkeypatch, capsys, art)
+    if target == "ascend910b":  # compiled sharded, with the MC2 fusions
+        art = compile_artifact(monkeypatch, capsys, files, tmp_path / "tp2", "--target",
+                               target, "--form", form, "--tp", "2")
+    # else the unsharded artifact is compiled again in memory with --tp 2
+    got = generate(monkeypatch, capsys, art, "--tp", "2")
+    assert got["results"] == want["results"]
+    assert got["kernels"]["all_reduce"] == "paddle.distributed.all_reduce"
+    if target == "ascend910b":
+        assert got["kernels"]["matmul_all_reduce"].startswith("matmul + paddle.distributed")
 
 
 def rank_pid(mark: str, rank: int) -> int | None:

@@ -21,11 +21,13 @@ from .lower import PADDLE_DTYPES, PaddleProgram
 
 
 class PaddleGenerator(Generator):
-    """The paged generator with Paddle caches and steps on `device`."""
+    """The paged generator with Paddle caches and steps on `device` (`program`: the graph
+    already lowered, e.g. one rank's DistProgram of a sharded graph)."""
 
-    def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], device: str = "cpu"):
+    def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], device: str = "cpu",
+                 program: PaddleProgram | None = None):
         super().__init__(graph, weights)
-        self.program = PaddleProgram(graph, weights, device=device, trainable=False)
+        self.program = program or PaddleProgram(graph, weights, device=device, trainable=False)
         self.paddle = self.program.paddle
 
     def _alloc(self, batch: int, max_tokens: int) -> tuple[np.ndarray, dict]:
@@ -52,7 +54,8 @@ class PaddlePagedLM(PagedLM):
     """An inference-form graph on the Paddle runtime as a `CausalLM`; `kernels.report()`
     says which Paddle kernel each op kind runs with."""
 
-    def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], *, device: str = "cpu"):
-        generator = PaddleGenerator(graph, weights, device)
+    def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], *, device: str = "cpu",
+                 program: PaddleProgram | None = None):
+        generator = PaddleGenerator(graph, weights, device, program)
         super().__init__(graph, weights, generator)
         self.kernels = generator.program.kernels
