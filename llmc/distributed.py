@@ -14,7 +14,7 @@ passed to the launcher, which rendezvouses the nodes.
 
 Console: rank 0 writes its stdout and stderr to RUN/console.out and RUN/console.err (the
 launching command relays them as they grow, so text streams); the other ranks print
-nothing; Paddle's own log lines stay in RUN/workerlog.N. Failure: when a rank exits with
+nothing; Paddle's own log lines and crash tracebacks stay in RUN/workerlog.N. Failure: when a rank exits with
 an error or is killed, paddle.distributed.launch stops the others (it polls every 2 s and
 gives them 3 s); the command then names the rank, how it ended and its log, and keeps RUN
 (a temporary directory, removed after a clean run).
@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from contextlib import redirect_stderr
 from pathlib import Path
 
@@ -38,9 +39,10 @@ from llmc.compiler.errors import LlmcError
 CONSOLE_ENV = "LLMC_DIST_CONSOLE"
 FAILED = re.compile(r"Container rank (\d+) status failed .*? code (-?\d+)")
 POLL_S = 0.05
-# what a rank's log ends with when another rank vanished under it, or the launcher stopped it
-PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "gloo::IoException",
-             "gloo::TimeoutException", "`Termination signal` is detected")
+# what a rank's log ends with when another rank vanished under it (gloo's transport errors:
+# reset, broken pipe, TIMEOUT on the pair; NCCL's remote error), or the launcher stopped it
+PEER_GONE = ("gloo/transport/", "gloo::IoException", "gloo::TimeoutException",
+             "Connection reset by peer", "ncclRemoteError", "`Termination signal` is detected")
 
 
 def launched() -> tuple[int, int] | None:
@@ -223,6 +225,10 @@ def redirect_console(rank: int) -> None:
     elif console:
         sys.stdout = open(Path(console) / "console.out", "w", encoding="utf-8", buffering=1)
         sys.stderr = open(Path(console) / "console.err", "w", encoding="utf-8", buffering=1)
+        # a crash's traceback goes to the rank's log: most are a peer's death seen from
+        # here, and the launching command names the rank and shows the log's last lines
+        sys.excepthook = lambda kind, value, tb: traceback.print_exception(
+            kind, value, tb, file=sys.__stderr__)
 
 
 def join(tp: int, dp: int = 1, device: str = "cpu"):

@@ -2,8 +2,9 @@
 its 2 ranks through paddle.distributed.launch): --dp 2 trains as one process with the batch
 doubled, --tp 2 as one process, each writing one unsharded checkpoint that transformers
 loads and that resumes at another tp; generation's greedy tokens are one process's; killing
-a rank mid-run ends the command within 60 s naming the rank, and every checkpoint left is
-whole and resumes on one process."""
+a rank of a --tp 2 run mid-run ends the command within 60 s naming the rank, and every
+checkpoint left is whole and resumes on one process; a user error in the ranks is one line,
+exit 2."""
 
 from __future__ import annotations
 
@@ -178,7 +179,7 @@ def test_a_killed_rank_ends_the_run_naming_it_and_leaves_whole_checkpoints(
         monkeypatch, capsys, files, tmp_path):
     out, mark = tmp_path / "run", uuid.uuid4().hex
     cmd = [sys.executable, "-m", "llmc", "train", str(files["model"]), "--data",
-           str(files["sft"]), "-o", str(out), *SFT, "--batch-size", "2", "--dp", "2",
+           str(files["sft"]), "-o", str(out), *SFT, "--batch-size", "4", "--tp", "2",
            "--steps", "1000", "--save-every", "1", "--save-total-limit", "3"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "LLMC_TEST_MARK": mark})
@@ -191,7 +192,7 @@ def test_a_killed_rank_ends_the_run_naming_it_and_leaves_whole_checkpoints(
         if proc.poll() is None:
             proc.kill()
     assert time.monotonic() - killed < 60
-    assert proc.returncode == 2
+    assert proc.returncode == 2 and err.count("\n") == 1, err
     # the launcher notices rank 1's death, or rank 0's abort on the broken connection first
     assert re.search(r"^error: rank 1 (failed \(killed by SIGKILL\)|died without a message "
                      r"\(killed: SIGKILL, out of memory\?\); rank 0 lost its connection to it)",
@@ -208,3 +209,11 @@ def test_a_killed_rank_ends_the_run_naming_it_and_leaves_whole_checkpoints(
     resumed = train(monkeypatch, capsys, files, out, "--batch-size", "4", "--resume",
                     "--steps", str(last + 1))
     assert resumed["first_step"] == last and len(resumed["metrics"]) == 1
+
+
+def test_a_user_error_in_the_ranks_is_one_line(monkeypatch, capsys, files, tmp_path):
+    code, out, err = run_cli(monkeypatch, capsys, "train", files["model"], "--data",
+                             tmp_path / "missing.jsonl", "-o", tmp_path / "run", "--steps", "1",
+                             "--tp", "2")
+    assert code == 2 and out == "" and err == f"error: {tmp_path / 'missing.jsonl'}: no such " \
+        "data file\n", err

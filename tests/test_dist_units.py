@@ -173,7 +173,9 @@ def test_a_failed_rank_is_named_with_how_it_ended(tmp_path):
     with pytest.raises(LlmcError, match=r"^train: --data x: no such file$"):
         d.report_failure(tmp_path, 2)
     (tmp_path / "launch.log").write_text(LAUNCH_LOG.format(code=-6).replace("rank 1", "rank 0"))
-    (tmp_path / "workerlog.0").write_text("gloo::IoException: Connection reset by peer\n")
+    (tmp_path / "workerlog.0").write_text(  # what rank 0 says when rank 1 vanishes
+        "RuntimeError: [/paddle/third_party/gloo/gloo/transport/tcp/pair.cc:584] TIMEOUT "
+        "self_rank = 0 pair_rank = 1 peer_str = [127.0.0.1]:41102\n")
     (tmp_path / "workerlog.1").write_text("step 3\n")  # SIGKILL leaves no last words
     with pytest.raises(LlmcError, match=r"^rank 1 died without a message \(killed: SIGKILL, "
                                         r"out of memory\?\); rank 0 lost its connection to it "
