@@ -122,6 +122,19 @@ def test_tp2_trains_as_one_process_and_resumes_at_tp1(monkeypatch, capsys, files
     assert at_tp1["final_loss"] == pytest.approx(at_tp2["final_loss"], rel=1e-5)
 
 
+def test_tp2_dp2_on_four_ranks_trains_as_one_process(monkeypatch, capsys, files, one,
+                                                     tmp_path):
+    out = tmp_path / "tp2dp2"
+    train(monkeypatch, capsys, files, out, "--steps", "2", "--batch-size", "2", "--tp", "2",
+          "--dp", "2")
+    for a, b in zip(metrics(out), metrics(one), strict=True):
+        assert a["tokens"] == b["tokens"]
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * b["loss"]
+        assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5 * b["grad_norm"]
+        assert a["collectives"]["all_reduce (dp scalars)"]["calls"] == 2
+    same_checkpoints(out / "checkpoint-2", one / "checkpoint-2")
+
+
 def compile_artifact(monkeypatch, capsys, files, out, *args) -> Path:
     code, _, err = run_cli(monkeypatch, capsys, "compile", files["model"], "-o", out, *args)
     assert code == 0, err

@@ -122,7 +122,7 @@ def init_world(tp: int, dp: int = 1, device: str = "cpu") -> World:
     if tp < 1 or dp < 1:
         raise LlmcError(f"--tp and --dp must be >= 1, got {tp} and {dp}")
     launched = launched_rank()
-    if tp * dp == 1 and launched is None:
+    if tp * dp == 1 and (launched is None or launched[1] == 1):
         return single_world(place_for(device))
     if launched is None:
         raise LlmcError(f"--tp {tp} --dp {dp}: not inside paddle.distributed.launch "

@@ -116,8 +116,13 @@ class DistProgram(PaddleProgram):
                 def forward(self, inputs, recompute):
                     return run(inputs, recompute)
 
+            # DataParallel starts by broadcasting global rank 0's parameters to every rank,
+            # whatever its group: with tp > 1 that would overwrite the other tp ranks' shards
+            mine = {n: p.clone() for n, p in self.params.items()}
             self._data_parallel = self.paddle.DataParallel(ProgramLayer(),
                                                            group=self.world.groups["dp"])
+            for name, value in mine.items():
+                self.params[name].set_value(value)
         return self._data_parallel
 
     def gather_param(self, name: str, part: np.ndarray) -> np.ndarray:
