@@ -35,7 +35,8 @@ class DistKernels(Kernels):
 
 
 class Comm:
-    """The collectives of one group, each counted in the world's CommLog."""
+    """The collectives of one tp group (`rank`: this process's place in it), each counted in
+    the world's CommLog."""
 
     def __init__(self, paddle, world: World | None, group, nranks: int):
         self.paddle, self.world, self.group, self.nranks = paddle, world, group, nranks
@@ -77,15 +78,9 @@ class Comm:
         return out
 
 
-def _pylayer():
-    from paddle.autograd import PyLayer
-
-    return PyLayer
-
-
 def make_layers():
     """The PyLayers of the collectives (defined on first use: Paddle loads lazily)."""
-    PyLayer = _pylayer()
+    from paddle.autograd import PyLayer
 
     class AllReduce(PyLayer):
         @staticmethod
