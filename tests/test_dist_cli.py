@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -133,6 +134,27 @@ def test_tp2_dp2_on_four_ranks_trains_as_one_process(monkeypatch, capsys, files,
         assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5 * b["grad_norm"]
         assert a["collectives"]["all_reduce (dp scalars)"]["calls"] == 2
     same_checkpoints(out / "checkpoint-2", one / "checkpoint-2")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_rendezvous_through_the_launchers_master(files, one, tmp_path):
+    """--nnodes 2 --master: two "nodes" (here both on this machine), one rank each."""
+    out, master = tmp_path / "nodes", f"127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "llmc", "train", str(files["model"]), "--data",
+           str(files["sft"]), "-o", str(out), *SFT, "--steps", "2", "--batch-size", "4",
+           "--tp", "2", "--nnodes", "2", "--master", master]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [node.communicate(timeout=180) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outs
+    assert sorted(bool(o) for o, _ in outs) == [False, True]  # only rank 0's node prints
+    for a, b in zip(metrics(out), metrics(one), strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * b["loss"]
 
 
 def compile_artifact(monkeypatch, capsys, files, out, *args) -> Path:
