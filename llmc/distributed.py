@@ -188,10 +188,12 @@ def report_failure(run_dir: Path, launcher_code: int) -> None:
                         f"its log: {run_dir / 'launch.log'}")
     rank, code = failed
     console = run_dir / "console.err"
-    if code == 2 and rank == 0 and console.exists() and console.stat().st_size:
-        raise SystemExit(2)  # a user error: rank 0 printed it already
+    printed = code == 2 and rank == 0 and console.exists() and console.stat().st_size
     user_error = _user_error(run_dir / f"workerlog.{rank}") if code == 2 else None
-    if user_error is not None:
+    if printed or user_error is not None:  # a user error: the logs have nothing more
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if printed:
+            raise SystemExit(2)  # rank 0 printed it already
         raise LlmcError(user_error)
     first = silent_death(run_dir, rank)
     if first is not None:

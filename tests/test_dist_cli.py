@@ -233,6 +233,7 @@ def test_a_killed_rank_ends_the_run_naming_it_and_leaves_whole_checkpoints(
                      r"\(killed: SIGKILL, out of memory\?\); rank 0 lost its connection to it)",
                      err, re.M), err
     assert rank_pid(mark, 0) is None  # no rank left behind
+    shutil.rmtree(re.search(r"logs: (\S+)$", err.strip()).group(1))  # kept for a person
     found = checkpoints(out)
     assert found and all(not p.name.startswith(".") for p in out.iterdir()
                          if p.name.startswith("checkpoint"))

@@ -161,29 +161,39 @@ def test_ranks_per_node_and_the_launch_command(tmp_path):
         d.launch_command(1, [], tmp_path, 2)
 
 
+def run_dir(parent, launch_log: str, **logs):
+    d = parent / f"run{len(list(parent.iterdir()))}"
+    d.mkdir()
+    (d / "launch.log").write_text(launch_log)
+    for name, text in logs.items():
+        (d / name.replace("_", ".")).write_text(text)
+    return d
+
+
 def test_a_failed_rank_is_named_with_how_it_ended(tmp_path):
     from llmc import distributed as d
 
-    (tmp_path / "launch.log").write_text(LAUNCH_LOG.format(code=-9))
+    killed = run_dir(tmp_path, LAUNCH_LOG.format(code=-9))
     with pytest.raises(LlmcError, match=r"^rank 1 failed \(killed by SIGKILL\); "
                                         r"paddle.distributed.launch stopped the other ranks"):
-        d.report_failure(tmp_path, 241)
-    (tmp_path / "launch.log").write_text(LAUNCH_LOG.format(code=2))
-    (tmp_path / "workerlog.1").write_text("noise\nerror: train: --data x: no such file\n")
+        d.report_failure(killed, 241)
+    assert killed.exists()  # kept for a person to read
+    user = run_dir(tmp_path, LAUNCH_LOG.format(code=2),
+                   workerlog_1="noise\nerror: train: --data x: no such file\n")
     with pytest.raises(LlmcError, match=r"^train: --data x: no such file$"):
-        d.report_failure(tmp_path, 2)
-    (tmp_path / "launch.log").write_text(LAUNCH_LOG.format(code=-6).replace("rank 1", "rank 0"))
-    (tmp_path / "workerlog.0").write_text(  # what rank 0 says when rank 1 vanishes
-        "RuntimeError: [/paddle/third_party/gloo/gloo/transport/tcp/pair.cc:584] TIMEOUT "
-        "self_rank = 0 pair_rank = 1 peer_str = [127.0.0.1]:41102\n")
-    (tmp_path / "workerlog.1").write_text("step 3\n")  # SIGKILL leaves no last words
+        d.report_failure(user, 2)
+    assert not user.exists()  # a user error's logs say nothing more
+    lost = run_dir(tmp_path, LAUNCH_LOG.format(code=-6).replace("rank 1", "rank 0"),
+                   workerlog_0=(  # what rank 0 says when rank 1 vanishes
+                       "RuntimeError: [/paddle/third_party/gloo/gloo/transport/tcp/pair.cc:584] "
+                       "TIMEOUT self_rank = 0 pair_rank = 1 peer_str = [127.0.0.1]:41102\n"),
+                   workerlog_1="step 3\n")  # SIGKILL leaves no last words
     with pytest.raises(LlmcError, match=r"^rank 1 died without a message \(killed: SIGKILL, "
                                         r"out of memory\?\); rank 0 lost its connection to it "
                                         r"\(killed by SIGABRT\)"):
-        d.report_failure(tmp_path, 250)
-    (tmp_path / "launch.log").write_text("LAUNCH INFO nothing about ranks\n")
+        d.report_failure(lost, 250)
     with pytest.raises(LlmcError, match=r"paddle.distributed.launch failed \(exit code 1\)"):
-        d.report_failure(tmp_path, 1)
+        d.report_failure(run_dir(tmp_path, "LAUNCH INFO nothing about ranks\n"), 1)
 
 
 def test_the_relay_copies_what_rank_0_appends(tmp_path, capsys):
