@@ -25,7 +25,17 @@ except ImportError:
     from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from . import cli_generate, cli_model, cli_runtime, cli_train, cli_training
-from .options import Emit, Force, JsonOut, Target, echo_json, with_instruments
+from .options import (
+    Emit,
+    Force,
+    JsonOut,
+    Mc2,
+    SequenceParallel,
+    Target,
+    TensorParallel,
+    echo_json,
+    with_instruments,
+)
 
 app = typer.Typer(
     name="llmc",
@@ -165,21 +175,40 @@ def run(
 @app.command()
 def passes(
     target: Optional[Target] = typer.Option(None, "--target", "-t", help="Print this target's pipeline instead of every pass."),
+    tp: int = TensorParallel,
+    sequence_parallel: bool = SequenceParallel,
+    mc2: Optional[bool] = Mc2,
     json_out: bool = JsonOut,
 ):
-    """List registered passes with one-line docs (or a target's pipeline)."""
+    """List registered passes with one-line docs (or a target's pipeline, as `llmc compile
+    --target T` runs it with the same --tp / --sequence-parallel / --mc2 flags)."""
     from llmc import api
+    from llmc.passes.pipelines import Parallel
 
-    rows = api.list_passes(target)
+    parallel = Parallel(tp, sequence_parallel, mc2)
+    if target is None and parallel != Parallel():
+        raise LlmcError("--tp, --sequence-parallel and --mc2/--no-mc2 need --target "
+                        "(they choose a target's pipeline)")
+    rows = api.list_passes(target, parallel.tp, parallel.sequence_parallel, parallel.mc2)
     if json_out:
         echo_json(rows)
         return
     width = max((len(r["spec"]) for r in rows), default=0)
     if target:
-        typer.echo(f"pipeline for target '{target}':")
+        typer.echo(f"pipeline for target '{target}'{_parallel_note(parallel)}:")
     for i, r in enumerate(rows, 1):
         prefix = f"{i:2d}. " if target else ""
         typer.echo(f"{prefix}{r['spec']:<{width}}  {r['doc']}")
+
+
+def _parallel_note(parallel) -> str:
+    """' (tp 2, sequence parallel, mc2 off)' for a tensor-parallel pipeline, '' otherwise."""
+    if parallel.tp == 1:
+        return ""
+    parts = [f"tp {parallel.tp}"] + (["sequence parallel"] if parallel.sequence_parallel else [])
+    if parallel.mc2 is not None:
+        parts.append("mc2 on" if parallel.mc2 else "mc2 off")
+    return f" ({', '.join(parts)})"
 
 
 cli_model.register(app)

@@ -11,7 +11,9 @@ Runs first, on the unfused graph a frontend builds (full, cache or inference for
   head is replicated over N/kv ranks (`shard{parts=kv, replicas=N/kv}`), as real stacks
   do. Reshapes, GQA repeats, block-attention attrs and the KV cache graph inputs
   (`past_key_i` [b, kv/N, max_len, d], `cache_k_i` [blocks, kv/N, block, d]) follow;
-  the ALiBi bias is sharded along its head axis, so each rank keeps its heads' slopes.
+  the ALiBi bias is sharded along its head axis, and block attention's ALiBi slopes (a
+  constant of the model's slopes where the op derived them from its num_heads) along
+  theirs, so each rank keeps its heads' slopes.
 - Embedding: vocabulary-parallel, `all_reduce(parallel_embedding(ids, shard(@E), %r))`;
   lm_head: column-parallel over the vocabulary, then `all_gather` on the last axis when
   `gather_logits` (else each rank returns its vocabulary slice of the logits).
@@ -140,7 +142,6 @@ def shard_tensor_parallel(g: Graph, ctx: PassContext, tp: int, sequence_parallel
         raise plan.fail("the graph is already sharded (it has a rank op)")
     if sequence_parallel:
         comm.check_full_form(g)
-    comm.check_block_alibi(g)
     heads = plan.find_heads(g, tp)
     if heads is not None:
         heads.check()

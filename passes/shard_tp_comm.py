@@ -2,14 +2,16 @@
 f/g pair around each parallel region (grad_all_reduce before column-parallel linears,
 all_reduce after row-parallel ones; with sequence parallelism all_gather and
 reduce_scatter along the sequence), the vocabulary-parallel embedding and lm_head, and
-the head-count edits outside the linears (ALiBi bias, block attention, KV cache inputs)."""
+the head-count edits outside the linears (ALiBi bias and slopes, block attention, KV cache
+inputs)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from llmc.compiler.builder import make_op
-from llmc.compiler.ir import Graph, Op, Value
+from llmc.compiler.ir import DType, Graph, Op, Value
+from llmc.compiler.ops.nn import alibi_slopes
 
 from .shard_tp_plan import Heads, fail
 
@@ -115,7 +117,8 @@ def gather_logits(c: Comm, lin: Op) -> None:
 
 
 def shard_alibi(c: Comm) -> int:
-    """This rank's heads of every ALiBi bias: its slopes are those of the model's heads."""
+    """This rank's heads of every ALiBi bias and of block attention's ALiBi slopes: its
+    slopes are those of the model's heads."""
     n = 0
     for op in c.g.ops:
         if op.kind == "alibi_bias":
@@ -124,7 +127,46 @@ def shard_alibi(c: Comm) -> int:
             insert_after(c.g, op, [sh])
             rewire(c.g, op.output, sh.output, keep=sh)
             n += 1
-    return n
+    return n + _shard_block_slopes(c)
+
+
+def _shard_block_slopes(c: Comm) -> int:
+    """Block attention with use_alibi reads its slopes as an operand: the model's heads'
+    slopes (made explicit, once, as a constant where the ops derived them from num_heads),
+    of which this rank keeps its heads' share."""
+    shards: dict[Value | int, Value] = {}  # by the slopes value, or the num_heads derived from
+    for op in c.g.ops:
+        if op.kind != "block_multihead_attention" or not op.attrs["use_alibi"]:
+            continue
+        whole = op.operand("alibi_slopes")
+        key = op.attrs["num_heads"] if whole is None else whole
+        if key not in shards:
+            new = [] if whole is not None else [_model_slopes(c.g, key)]
+            whole = new[0].output if whole is None else whole
+            new.append(make_op(c.g, "shard", [whole, c.rank],
+                               {"axis": 0, "parts": c.tp}, name="alibi_slopes_shard"))
+            c.g.insert_before(op, new)
+            shards[key] = new[-1].output
+        set_or_add_operand(op, "alibi_slopes", shards[key])
+    return len(shards)
+
+
+def _model_slopes(g: Graph, num_heads: int) -> Op:
+    values = [float(s) for s in alibi_slopes(num_heads)]
+    return make_op(g, "constant", [], {"value": values, "shape": (num_heads,), "dtype": DType.f32},
+                   name="alibi_slopes")
+
+
+def set_or_add_operand(op: Op, name: str, new: Value) -> None:
+    """Point operand `name` of `op` at `new`, appending it when it is an absent optional
+    (the last one the op declares)."""
+    if op.operand(name) is not None:
+        set_operand(op, name, new)
+        return
+    op.inputs = [*op.inputs, new]
+    new.users[op] = None
+    if op.operand(name) is not new:
+        raise fail(f"{op.kind}: operand '{name}' is not its last optional one")
 
 
 def local_attention(c: Comm, heads: Heads) -> None:
@@ -151,15 +193,6 @@ def _local_cache(g: Graph, v: Value, heads: Heads) -> None:
     if shape[1] not in (heads.kv_heads, heads.kv_local):
         raise fail(f"KV cache {v.ref}: {v.type} does not hold {heads.kv_heads} kv heads on axis 1")
     v.type = v.type.with_shape((shape[0], heads.kv_local) + tuple(shape[2:]))
-
-
-def check_block_alibi(g: Graph) -> None:
-    """Block attention derives ALiBi slopes from its num_heads attr: one rank's heads would
-    get the slopes of a model with that many heads, not their own."""
-    if any(op.kind == "block_multihead_attention" and op.attrs["use_alibi"] for op in g.ops):
-        raise fail("block_multihead_attention with use_alibi computes the slopes from "
-                   "num_heads, which cannot name this rank's heads: shard the cache or full "
-                   "form of an ALiBi model instead")
 
 
 def check_full_form(g: Graph) -> None:

@@ -133,6 +133,8 @@ def _ffn(n2: Value, eps: float, eps2: float, ops: list[Op]) -> tuple[Op, Op] | N
 
 def match_layer(bma: Op) -> Layer | None:
     """The decoder layer around one block_multihead_attention op, or None."""
+    if bma.operand("alibi_slopes") is not None:
+        return None  # fused_blha_layer derives the slopes from num_heads: it has no such operand
     ops: list[Op] = [bma]
     qkv = bma.operand("qkv")
     lin_qkv = _linear(qkv, ops)

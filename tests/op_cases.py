@@ -4,6 +4,7 @@ import numpy as np
 
 from llmc.compiler.builder import Builder
 from llmc.compiler.ir import DType
+from llmc.compiler.ops.nn import alibi_slopes
 
 rng = np.random.default_rng(0)
 
@@ -80,7 +81,11 @@ def blha_cases(r) -> list:
                         max_seq_len=BLOCK * BLOCKS_PER_SEQ, **attrs))
     # a prefilling sequence starts at position 0 whatever its decoder length says
     stale = out[0].arrays[:4] + (i32(4, 5, 2, 6),) + out[0].arrays[5:]
-    return out + [Case(out[0].kind, *stale, **out[0].attrs)]
+    # ALiBi slopes as an operand: rank 1 of 2 holding heads 6..11 of a 12-head model
+    alibi = out[2]
+    rank_slopes = alibi_slopes(2 * alibi.attrs["num_heads"])[alibi.attrs["num_heads"]:]
+    return out + [Case(out[0].kind, *stale, **out[0].attrs),
+                  Case(alibi.kind, *alibi.arrays, rank_slopes, **alibi.attrs)]
 
 
 def layer_cases(r) -> list:

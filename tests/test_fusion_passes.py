@@ -183,6 +183,36 @@ def test_vendor_pass_alone_preserves_generation(arch, pipeline):
         np.testing.assert_allclose(sa.caches[k], sb.caches[k], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("pipeline", ["llama_fuse_attention_layer_begin",
+                                      "llama_fuse_attention_layer_end"])
+def test_layer_fusion_leaves_attention_with_explicit_alibi_slopes_alone(pipeline):
+    """fused_blha_layer derives its slopes from num_heads: a block attention given other
+    slopes as its operand (those of heads 6..11 of 12 here) must stay unfused."""
+    from llmc.compiler.builder import make_op
+    from llmc.compiler.ir import DType
+    from llmc.compiler.ops.nn import alibi_slopes
+    from llmc.compiler.text import parse
+    from llmc.frontends.fixtures import random_weights as fixture_weights
+    from llmc.frontends.llama import build_inference
+    from llmc.passes.shard_tp_comm import set_or_add_operand
+
+    cfg = parse_config(tiny_config("baichuan2_13b"))
+    before = build_inference(cfg, naming_for(cfg.source_format))
+    attention = [op for op in before.ops if op.kind == "block_multihead_attention"]
+    slopes = make_op(before, "constant", [], {
+        "value": [float(s) for s in alibi_slopes(2 * cfg.num_heads)[cfg.num_heads:]],
+        "shape": (cfg.num_heads,), "dtype": DType.f32})
+    before.insert_before(attention[0], [slopes])
+    for op in attention:
+        set_or_add_operand(op, "alibi_slopes", slopes.output)
+    after = parse(print_graph(before))
+    assert api.run_pipeline(after, pipeline, ctx=model_ctx(cfg))[0].matched == 0
+    assert "fused_blha_layer" not in after.op_counts()
+    w = fixture_weights("baichuan2_13b")
+    check_generation_numerics(before, after, {k: w[k] for k in before.params},
+                              [[5, 6, 7, 8, 9, 10], [11, 12, 13]], 3, tol=1e-5)
+
+
 def test_lm_head_slice_on_a_generation_graph():
     from llmc.compile import build_graph
 

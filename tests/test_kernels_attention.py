@@ -8,7 +8,9 @@ import math
 import numpy as np
 import pytest
 
+from llmc.compiler.ir import DType, TensorType
 from llmc.compiler.ops import get_op
+from llmc.compiler.ops.registry import OpError
 
 
 def k(kind, *arrays, **attrs):
@@ -143,7 +145,7 @@ H, KV, D, BS = 4, 2, 8, 2
 ATTRS = dict(num_heads=H, kv_heads=KV, head_dim=D, block_size=BS, max_seq_len=16)
 
 
-def blha(qkv, caches, enc, dec, this_time, tables, **kw):
+def blha(qkv, caches, enc, dec, this_time, tables, *slopes, **kw):
     """Block attention for sequences packed in order; packing values written by hand."""
     this_time = np.asarray(this_time, np.int32)
     cu = np.concatenate([[0], np.cumsum(this_time)]).astype(np.int32)
@@ -153,7 +155,7 @@ def blha(qkv, caches, enc, dec, this_time, tables, **kw):
     enc, dec = np.asarray(enc, np.int32), np.asarray(dec, np.int32)
     max_enc, max_dec = np.array([enc.max()], np.int32), np.array([dec.max()], np.int32)
     return k("block_multihead_attention", qkv, *caches, enc, dec, this_time, pad, cum_before, cu,
-             cu, np.asarray(tables, np.int32), max_enc, max_dec, **{**ATTRS, **kw})
+             cu, np.asarray(tables, np.int32), max_enc, max_dec, *slopes, **{**ATTRS, **kw})
 
 
 def cache_with(past_k, past_v, table, blocks=8, block_size=BS):
@@ -193,18 +195,49 @@ def test_block_attention_continuation_with_zero_queries():
                                 dict(rope_scaling_factor=2.0), dict(use_alibi=True)],
                          ids=["neox", "interleaved", "scaled", "alibi"])
 def test_block_attention_decode_matches_the_formula(kw):
+    check_decode_formula(kw, SLOPES[H] if kw.get("use_alibi") else None)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_block_attention_alibi_slopes_operand_matches_the_formula(rank):
+    """The slopes operand replaces those of num_heads: rank r of 2 holding heads 4r..4r+3
+    of an 8-head model uses their slopes, not those of a 4-head model."""
+    mine = np.asarray(SLOPES[2 * H][rank * H:(rank + 1) * H], np.float32)
+    assert not np.allclose(mine, SLOPES[H])
+    check_decode_formula(dict(use_alibi=True), mine, operand=mine)
+
+
+@pytest.mark.parametrize("slopes,kw,msg", [
+    (TensorType(DType.f32, (H,)), {}, "alibi_slopes operand needs use_alibi"),
+    (TensorType(DType.f32, (2 * H,)), {"use_alibi": True}, "alibi_slopes length"),
+    (TensorType(DType.i32, (H,)), {"use_alibi": True}, "float"),
+])
+def test_block_attention_alibi_slopes_operand_types(slopes, kw, msg):
+    op = get_op("block_multihead_attention")
+    vec, table = TensorType(DType.i32, ("batch",)), TensorType(DType.i32, ("batch", 4))
+    cache = TensorType(DType.f32, ("n", KV, BS, D))
+    types = [TensorType(DType.f32, (3, (H + 2 * KV) * D)), cache, cache, *[vec] * 7, table,
+             TensorType(DType.i32, (1,)), TensorType(DType.i32, (1,))]
+    attrs = op.normalize_attrs({**ATTRS, **kw})
+    assert op.infer_types(types, attrs)[0] == TensorType(DType.f32, (3, H * D))
+    with pytest.raises(OpError, match=msg):
+        op.infer_types(types + [slopes], attrs)
+
+
+def check_decode_formula(kw, slopes, operand=None):
     """Two sequences in one batch: one continues a cache by 2 tokens (sq 2 < sk 5), the
-    other decodes one token after 4 cached positions (sq 1 < sk 5)."""
+    other decodes one token after 4 cached positions (sq 1 < sk 5); `slopes` for the
+    formula (ALiBi), `operand` the alibi_slopes operand given to the op (if any)."""
     tables = [TABLE, [1, 3, 4, 6]]
     past = [randn(PAST, KV, D), randn(PAST, KV, D)], [randn(4, KV, D), randn(4, KV, D)]
     ck0, cv0 = cache_with(*past[0], tables[0])
     ck1, cv1 = cache_with(*past[1], tables[1])
     caches = (ck0 + ck1, cv0 + cv1)  # disjoint blocks
     qkv = randn(NEW + 1, (H + 2 * KV) * D)
-    out, _, _ = blha(qkv, caches, [0, 0], [PAST, 4], [NEW, 1], tables, **kw)
+    extra = () if operand is None else (operand,)
+    out, _, _ = blha(qkv, caches, [0, 0], [PAST, 4], [NEW, 1], tables, *extra, **kw)
     theta, factor = kw.get("rope_theta", 10000.0), kw.get("rope_scaling_factor", 1.0)
     neox, alibi = kw.get("use_neox_style", True), kw.get("use_alibi", False)
-    slopes = SLOPES[H]
     for rows, (pk, pv), start in ((slice(0, NEW), past[0], PAST), (slice(NEW, NEW + 1), past[1], 4)):
         q = qkv[rows, : H * D].reshape(-1, H, D)
         nk = qkv[rows, H * D: (H + KV) * D].reshape(-1, KV, D)

@@ -121,3 +121,39 @@ def test_stored_itemsize_from_the_manifest_else_the_config_dtype():
     assert stored_itemsize(manifest, "float16") == {"a": 2, "b": 2, "c": 4}
     assert stored_itemsize(manifest, "float32") == {"a": 2, "b": 4, "c": 4}
     assert stored_itemsize(manifest, "int4-awq") == {"a": 2, "c": 4}
+
+
+@pytest.mark.parametrize("target, flags, parallel", [
+    ("ascend910b", ["--tp", "2"], Parallel(2)),
+    ("ascend910b", ["--tp", "8", "--no-mc2"], Parallel(8, mc2=False)),
+    ("cpu", ["--tp", "4", "--sequence-parallel", "--mc2"], Parallel(4, True, True)),
+    ("cuda", ["--tp", "1"], Parallel()),
+])
+def test_passes_command_lists_the_tensor_parallel_pipeline(monkeypatch, capsys, target, flags,
+                                                          parallel):
+    """`llmc passes --target T --tp N ...` lists what `llmc compile` with those flags runs."""
+    import json
+
+    from clitools import run_cli
+
+    code, out, err = run_cli(monkeypatch, capsys, "passes", "--target", target, *flags, "--json")
+    assert code == 0, err
+    assert [r["spec"] for r in json.loads(out)] == list(passes_for(target, parallel))
+    code, out, _ = run_cli(monkeypatch, capsys, "passes", "--target", target, *flags)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 1 + len(passes_for(target, parallel))
+    assert lines[0].startswith(f"pipeline for target '{target}'")
+    assert (f"(tp {parallel.tp}" in lines[0]) == (parallel.tp > 1)
+    assert lines[1].split()[1] == passes_for(target, parallel)[0]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tp", "2"], "need --target"),
+    (["--target", "cpu", "--sequence-parallel"], "--sequence-parallel needs --tp greater than 1"),
+    (["--target", "cpu", "--mc2"], "--mc2 needs --tp greater than 1"),
+])
+def test_passes_command_refuses_parallel_flags_it_cannot_use(monkeypatch, capsys, flags, message):
+    from clitools import run_cli
+
+    code, out, err = run_cli(monkeypatch, capsys, "passes", *flags)
+    assert code == 2 and message in err and len(err.splitlines()) == 1 and not out

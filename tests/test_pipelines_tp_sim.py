@@ -1,6 +1,7 @@
 """Tensor-parallel pipelines end to end on simulated ranks: the sharded (and MC2-fused)
-graph of a tiny model gives the unsharded graph's logits and tokens; the 13B config's
-ascend910b pipeline at --tp 8 fuses 2 linears per layer."""
+graph of a tiny model gives the unsharded graph's logits and tokens (the ALiBi model
+compiled by `llmc compile --tp 2` too); the 13B config's ascend910b pipeline at --tp 8
+fuses 2 linears per layer."""
 
 import json
 import subprocess
@@ -9,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from llmc.artifact import load_artifact
 from llmc.compiler.passmanager import PassContext
 from llmc.compiler.text import parse, print_graph
 from llmc.frontends.config import parse_config
-from llmc.frontends.fixtures import random_weights, tiny_config
+from llmc.frontends.fixtures import random_weights, tiny_config, write_fixture
 from llmc.frontends.naming import naming_for
 from llmc.passes.pipelines import pipeline_for
 from llmc.runtime.generate import Generator
@@ -123,3 +125,31 @@ def test_llama2_13b_ascend910b_tp8_fuses_80_and_reports_bytes_per_rank(tmp_path)
     assert note in log and note in r.stderr
     # the config's torch_dtype is float16: 2 bytes per element
     assert p["param_bytes"] == 2 * p["param_elements"]
+
+
+def test_baichuan2_13b_alibi_ascend910b_tp2_compiles_and_generates_the_unsharded_tokens(tmp_path):
+    """`llmc compile <ALiBi fixture> --target ascend910b --tp 2`: block attention reads each
+    rank's share of the model's ALiBi slopes; the simulated ranks generate what the
+    unsharded graph does."""
+    model = write_fixture(tmp_path / "m", "baichuan2_13b", "hf-numpy", seed=0)
+    r = subprocess.run([sys.executable, "-m", "llmc.cli", "compile", str(model), "--target",
+                        "ascend910b", "--tp", "2", "-o", str(tmp_path / "a")],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "WARNING" not in r.stderr
+    assert "[fuse_mc2]  matched 4 (expected 4)" in r.stderr  # 2 layers: o_proj, down_proj
+    art = load_artifact(tmp_path / "a")
+    attention = [op for op in art.graph.ops if op.kind == "block_multihead_attention"]
+    assert len(attention) == 2
+    for op in attention:
+        slopes = op.operand("alibi_slopes").producer
+        assert slopes.kind == "shard" and slopes.operand("x").producer.kind == "constant"
+        assert op.attrs["num_heads"] == 3 and op.attrs["use_alibi"]
+    cfg = parse_config(json.loads((model / "config.json").read_text()))
+    before = build_graph(cfg, naming_for(cfg.source_format), "inference")
+    weights = art.weights()
+    want, got = Generator(before, weights), SimulatedGenerator(art.graph, weights, 2)
+    _, lb = want.prefill(PROMPTS, 4)
+    _, la = got.prefill(PROMPTS, 4)
+    np.testing.assert_allclose(la, lb, rtol=1e-4, atol=1e-4)
+    assert got.generate(PROMPTS, 6) == want.generate(PROMPTS, 6)

@@ -186,7 +186,8 @@ def fused_bias_act(x, bias=None, act_method="gelu"):
 # ---- paged attention -----------------------------------------------------------------
 BLHA_INPUTS = ("qkv", "cache_k", "cache_v", "seq_lens_encoder", "seq_lens_decoder",
                "seq_lens_this_time", "padding_offset", "cum_offsets", "cu_seqlens_q",
-               "cu_seqlens_k", "block_tables", "max_enc_len_this_time", "max_dec_len_this_time")
+               "cu_seqlens_k", "block_tables", "max_enc_len_this_time", "max_dec_len_this_time",
+               "alibi_slopes?")
 BLHA_ATTRS = {
     "num_heads": AttrSpec("int"), "kv_heads": AttrSpec("int"), "head_dim": AttrSpec("int"),
     "block_size": AttrSpec("int"), "max_seq_len": AttrSpec("int"),
@@ -196,7 +197,7 @@ BLHA_ATTRS = {
 
 
 def _blha_infer(qkv: TensorType, cache_k: TensorType, cache_v: TensorType, *rest: TensorType,
-                num_heads, kv_heads, head_dim, block_size, **_):
+                num_heads, kv_heads, head_dim, block_size, use_alibi, **_):
     op = "block_multihead_attention"
     if num_heads < 1 or kv_heads < 1 or num_heads % kv_heads:
         raise OpError(f"op '{op}': num_heads {num_heads} is not a multiple of kv_heads {kv_heads}")
@@ -208,16 +209,28 @@ def _blha_infer(qkv: TensorType, cache_k: TensorType, cache_v: TensorType, *rest
         expect_dim(op, f"{what} heads", c.shape[1], kv_heads)
         expect_dim(op, f"{what} block size", c.shape[2], block_size)
         expect_dim(op, f"{what} head dim", c.shape[3], head_dim)
-    expect_rank(op, "block_tables", rest[7], 2)
-    for name, t in zip(BLHA_INPUTS[3:], rest):
+    batch, slopes = rest[:10], rest[10:]
+    expect_rank(op, "block_tables", batch[7], 2)
+    for name, t in zip(BLHA_INPUTS[3:], batch):
         expect_int(op, name, t)
+    if slopes:
+        _check_slopes(op, slopes[0], num_heads, use_alibi)
     return qkv.with_shape((qkv.shape[0], num_heads * head_dim)), cache_k, cache_v
+
+
+def _check_slopes(op: str, slopes: TensorType, num_heads: int, use_alibi: bool) -> None:
+    if not use_alibi:
+        raise OpError(f"op '{op}': an alibi_slopes operand needs use_alibi = true")
+    expect_rank(op, "alibi_slopes", slopes, 1)
+    expect_float(op, slopes)
+    expect_dim(op, "alibi_slopes length", slopes.shape[0], num_heads)
 
 
 @defop("block_multihead_attention", BLHA_INPUTS, outputs=("out", "cache_k_out", "cache_v_out"),
        attrs=BLHA_ATTRS, infer=_blha_infer)
 def block_multihead_attention(qkv, cache_k, cache_v, enc, dec, this_time, padding_offset,
-                              cum_offsets, cu_q, cu_k, block_tables, max_enc, max_dec, *,
+                              cum_offsets, cu_q, cu_k, block_tables, max_enc, max_dec,
+                              slopes=None, *,
                               num_heads, kv_heads, head_dim, block_size, max_seq_len, rope_theta,
                               rope_scaling_factor, use_neox_style, use_alibi):
     """Causal attention over a paged KV cache for packed tokens [tokens, (H + 2 KV) * D].
@@ -226,11 +239,18 @@ def block_multihead_attention(qkv, cache_k, cache_v, enc, dec, this_time, paddin
     single position seq_lens_decoder. Rope (or ALiBi) is applied to the new q/k, the
     new k/v are written to slot pos % block_size of block block_tables[b, pos //
     block_size], and each query attends to the cache positions up to its own.
+
+    ALiBi slopes are those of a model of num_heads heads, or, given `alibi_slopes`
+    [num_heads], those values: a tensor-parallel rank's heads keep the slopes they have in
+    the whole model (PaddleNLP's inference models pass their slopes as a tensor too).
     """
     ck, cv = cache_k.copy(), cache_v.copy()
     q_all, k_all, v_all = _split_heads(qkv, num_heads, kv_heads, head_dim)
     out = np.zeros((qkv.shape[0], num_heads, head_dim), dtype=qkv.dtype)
-    slopes = alibi_slopes(num_heads) if use_alibi else None
+    if not use_alibi:
+        slopes = None
+    else:
+        slopes = alibi_slopes(num_heads) if slopes is None else slopes.astype(np.float32)
     for b in range(len(this_time)):
         n = int(this_time[b])
         if n == 0:

@@ -20,8 +20,8 @@ import numpy as np
 from llmc.compiler.errors import LlmcError
 from llmc.compiler.ir import DType
 from llmc.compiler.ops.fused import FLAG_BEGIN, FLAG_END
-from llmc.compiler.ops.inference import BLHA_INPUTS
 from llmc.compiler.ops.nn import alibi_slopes
+from llmc.compiler.signature import signature
 
 from .lower import Lowering, lowers, operand_reader
 from .nn_ops import rms_norm_fn, rope_tables, rotate, swiglu_fn
@@ -204,21 +204,24 @@ def read_cache(ctx: Lowering, cache, tables, n_blocks: int):
         [b, kv, n_blocks * bs, d])
 
 
-def attention_mask(ctx: Lowering, a: Paged, lay: Batch, keys: int):
-    """0 (or the ALiBi bias) where a query may see a key, -inf elsewhere: [live, 1|H, S, K]."""
+def attention_mask(ctx: Lowering, a: Paged, lay: Batch, keys: int, slopes=None):
+    """0 (or the ALiBi bias) where a query may see a key, -inf elsewhere: [live, 1|H, S, K].
+    ALiBi's slopes are `slopes` [H] when given (the op's alibi_slopes operand), else those
+    of a model of num_heads heads."""
     p = ctx.paddle
     qpos = lay.past.unsqueeze(1) + iota(ctx, lay.longest).unsqueeze(0)
     kpos = iota(ctx, keys)
     allowed = (kpos.reshape([1, 1, keys]) <= qpos.unsqueeze(2)).unsqueeze(1)
     if a.use_alibi:
-        slopes = ctx.const(alibi_slopes(a.num_heads).reshape(1, -1, 1, 1))
+        slopes = (ctx.const(alibi_slopes(a.num_heads)) if slopes is None
+                  else slopes.astype("float32")).reshape([1, -1, 1, 1])
         dist = kpos.reshape([1, 1, 1, keys]) - qpos.unsqueeze(1).unsqueeze(3)
         bias = slopes * dist.astype("float32")
         return p.where(allowed, bias, p.full([1], float("-inf"), "float32"))
     return p.where(allowed, p.zeros([1], "float32"), p.full([1], float("-inf"), "float32"))
 
 
-def attend(ctx: Lowering, a: Paged, q, keys, vals, lay: Batch):
+def attend(ctx: Lowering, a: Paged, q, keys, vals, lay: Batch, slopes=None):
     """Softmax attention of packed q [tokens, H, D] over keys/vals [live, KV, K, D], head
     h reading kv head h // (H / KV); [tokens, H * D]."""
     p = ctx.paddle
@@ -230,16 +233,16 @@ def attend(ctx: Lowering, a: Paged, q, keys, vals, lay: Batch):
     padded = p.scatter_nd_add(p.zeros([n, h, s, d], q.dtype), at, q)  # [live, H, S, D]
     scores = p.matmul(padded.reshape([n, kv, -1, d]), keys, transpose_y=True)
     scores = scores.reshape([n, h, s, k]) * (1.0 / math.sqrt(d))
-    probs = ctx.F.softmax(scores + attention_mask(ctx, a, lay, k), axis=-1)
+    probs = ctx.F.softmax(scores + attention_mask(ctx, a, lay, k, slopes), axis=-1)
     out = p.matmul(probs.reshape([n, kv, -1, k]), vals).reshape([n, h, s, d])
     return p.gather_nd(out, at).reshape([q.shape[0], h * d])
 
 
 def block_attention(ctx: Lowering, a: Paged, qkv, cache_k, cache_v, enc, dec, this_time, cu_q,
-                    tables, in_place: bool) -> list:
-    """block_multihead_attention on packed qkv [tokens, (H + 2 KV) * D]: rope (or ALiBi) at
-    each token's position, its k/v written to the paged caches, causal attention over
-    them; [out [tokens, H * D], cache_k, cache_v]."""
+                    tables, in_place: bool, slopes=None) -> list:
+    """block_multihead_attention on packed qkv [tokens, (H + 2 KV) * D]: rope (or ALiBi, of
+    `slopes` when given) at each token's position, its k/v written to the paged caches,
+    causal attention over them; [out [tokens, H * D], cache_k, cache_v]."""
     p = ctx.paddle
     h, kv, d, bs = a.num_heads, a.kv_heads, a.head_dim, a.block_size
     tokens = qkv.shape[0]
@@ -258,7 +261,7 @@ def block_attention(ctx: Lowering, a: Paged, qkv, cache_k, cache_v, enc, dec, th
     cv = write_cache(ctx, cache_v, v, blocks, slots, in_place)
     n_blocks = -(-lay.held // bs)
     keys, vals = (read_cache(ctx, c, lay.tables, n_blocks) for c in (ck, cv))
-    return [attend(ctx, a, q, keys, vals, lay), ck, cv]
+    return [attend(ctx, a, q, keys, vals, lay, slopes), ck, cv]
 
 
 def note_attention(ctx: Lowering, qkv_dtype: DType) -> None:
@@ -274,11 +277,12 @@ def _block_multihead_attention(op, ctx):
     a = Paged.of(op.attrs)
     note_attention(ctx, op.operand("qkv").type.dtype)
     in_place = ctx.sole_reader(op.operand("cache_k")) and ctx.sole_reader(op.operand("cache_v"))
-    args = operand_reader(op, *BLHA_INPUTS)
+    args = operand_reader(op, *signature(op.kind).operands.plain)
 
     def run(env):
-        qkv, ck, cv, enc, dec, this_time, _, _, cu_q, _, tables, _, _ = args(env)
-        return block_attention(ctx, a, qkv, ck, cv, enc, dec, this_time, cu_q, tables, in_place)
+        qkv, ck, cv, enc, dec, this_time, _, _, cu_q, _, tables, _, _, slopes = args(env)
+        return block_attention(ctx, a, qkv, ck, cv, enc, dec, this_time, cu_q, tables, in_place,
+                               slopes)
 
     return run
 
