@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")  # before paddle: see runtime/paddle/env.py
 
 
 def config(a) -> dict:

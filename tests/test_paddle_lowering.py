@@ -155,18 +155,26 @@ def test_missing_paddle_says_how_to_install(monkeypatch):
         import_paddle()
 
 
-def test_mkl_cpu_type_is_set_before_paddle_loads_unless_the_user_set_it():
+def test_cpu_environment_is_set_before_paddle_loads_unless_the_user_set_it():
     import os
     import subprocess
     import sys
 
+    from llmc.runtime.paddle.env import cpu_environment
+
+    assert cpu_environment("AuthenticAMD")["MKL_DEBUG_CPU_TYPE"] == "5"
+    assert "MKL_DEBUG_CPU_TYPE" not in cpu_environment("GenuineIntel")
+    cores = str(len(os.sched_getaffinity(0)))
+    assert cpu_environment("GenuineIntel")["OMP_NUM_THREADS"] == cores
     code = ("import os, sys; from llmc.runtime.paddle import import_paddle; "
             "assert 'paddle' not in sys.modules; import_paddle(); "
-            "print(os.environ['MKL_DEBUG_CPU_TYPE'])")
-    for preset, want in ((None, "5"), ("2", "2")):
-        env = {k: v for k, v in os.environ.items() if k != "MKL_DEBUG_CPU_TYPE"}
+            "print(os.environ['OMP_NUM_THREADS'], os.environ.get('MKL_DEBUG_CPU_TYPE'))")
+    for preset, want in ((None, cores), ("1", "1")):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
         if preset:
-            env["MKL_DEBUG_CPU_TYPE"] = preset
+            env["OMP_NUM_THREADS"] = preset
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, check=True).stdout.split()
-        assert out[-1] == want
+        assert out[-2] == want
+        mkl = cpu_environment().get("MKL_DEBUG_CPU_TYPE", "None")
+        assert out[-1] == os.environ.get("MKL_DEBUG_CPU_TYPE", mkl)
