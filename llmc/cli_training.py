@@ -86,6 +86,7 @@ def train(
     dtype: DType = typer.Option("fp32", "--dtype", help="fp32, or bf16 autocast (Paddle's auto_cast O1) where the device runs bf16 matmuls (not Paddle's CPU build)."),
     save_format: SaveFormat = typer.Option("hf", "--save-format", help="Checkpoint layout: hf (model.safetensors), pdparams (PaddleNLP's model_state.pdparams), or both (PaddleNLP's in checkpoint-N/paddlenlp/)."),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel ranks: the model's layers split over them (one process each, launched by paddle.distributed.launch)."),
+    sequence_parallel: bool = typer.Option(False, "--sequence-parallel", help="With --tp: norms and residuals on each rank's slice of the sequence (all_gather / reduce_scatter instead of all_reduce)."),
     dp: int = typer.Option(1, "--dp", help="Data-parallel ranks: each trains on --batch-size rows, gradients averaged (--dp 2 = one process with --batch-size doubled)."),
     nnodes: int = typer.Option(1, "--nnodes", help="Nodes of a --tp/--dp job (the launcher's --nnodes; run the same command on each)."),
     master: Optional[str] = typer.Option(None, "--master", metavar="IP:PORT", help="With --nnodes > 1: the rendezvous node (the launcher's --master)."),
@@ -111,7 +112,7 @@ def train(
         save_total_limit=save_total_limit, resume=resume, on_error=on_error,
         lora_targets=lora_targets, lora_rank=lora_rank, lora_alpha=lora_alpha,
         lora_dropout=lora_dropout, pack=pack, dtype=dtype, save_format=save_format,
-        tp=tp, dp=dp)
+        tp=tp, dp=dp, sequence_parallel=sequence_parallel)
     opts.check()
     world = launch_or_join(tp, dp, nnodes, master, device)
     if world is not False:  # False: this process launched the ranks, which did the work

@@ -76,7 +76,7 @@ def load_model(opts: tr.TrainOptions, world) -> tr.Model:
         raise LlmcError("--save-format pdparams: this model's NormHead rows are stored "
                         "normalised in PaddleNLP's layout; use --save-format both")
     ckpt.validate({n: tuple(v.type.shape) for n, v in g.params.items()})
-    shard_graph(g, world.tp)
+    shard_graph(g, world.tp, opts.sequence_parallel)
     if opts.pack:
         from llmc.segment_mask import add_segment_mask
 
@@ -91,11 +91,33 @@ class RankRows(tr.DataSource):
         super().__init__(replace(opts, batch_size=opts.batch_size * world.dp), tokenizer,
                          vocab_size)
         self.world = world
+        self.sequence_parallel = opts.sequence_parallel
 
     def next_batch(self) -> dict:
         """This dp rank's rows of the next global batch."""
         batch = super().next_batch()
+        if self.sequence_parallel:
+            batch = pad_columns(batch, self.world.tp, self.pad_id)
         return {k: np.array_split(v, self.world.dp)[self.world.dp_rank] for k, v in batch.items()}
+
+
+def pad_columns(batch: dict, multiple: int, pad_id: int, ignore_index: int = -100) -> dict:
+    """The batch with masked columns appended up to a length divisible by `multiple` (sequence
+    parallel splits the sequence over the tp ranks); causal attention keeps the real tokens'
+    logits as they were, and the masked labels keep the loss."""
+    extra = -batch["input_ids"].shape[1] % multiple
+    if not extra:
+        return batch
+    rows = batch["input_ids"].shape[0]
+    fill = {"input_ids": pad_id, "labels": ignore_index}
+    out = {}
+    for k, v in batch.items():
+        if k == "position_ids":
+            tail = v[:, -1:] + np.arange(1, extra + 1)
+        else:
+            tail = np.full((rows, extra), fill[k], dtype=v.dtype)
+        out[k] = np.concatenate([v, tail], axis=1)
+    return out
 
 
 def make_trainer(opts: tr.TrainOptions, model: tr.Model, world):

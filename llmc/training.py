@@ -65,6 +65,7 @@ class TrainOptions:
     save_format: str = "hf"
     tp: int = 1
     dp: int = 1
+    sequence_parallel: bool = False
 
     def check(self) -> None:
         """Refuse options that cannot run, naming the flag."""
@@ -84,6 +85,9 @@ class TrainOptions:
         if self.save_format != "hf" and self.mode == "lora":
             raise LlmcError("--save-format: lora mode saves PEFT adapters only; `llmc merge` "
                             "them, or train sft/pretrain for a pdparams checkpoint")
+        if self.sequence_parallel and (self.tp < 2 or self.seq_len % self.tp or self.pack):
+            raise LlmcError("--sequence-parallel needs --tp > 1 dividing --seq-len, without "
+                            f"--pack (got --tp {self.tp}, --seq-len {self.seq_len})")
         if self.pack and self.mode == "pretrain":
             raise LlmcError("--pack is for sft and lora data: pretraining windows are already "
                             "full rows of the token stream")

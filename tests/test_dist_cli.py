@@ -123,6 +123,26 @@ def test_tp2_trains_as_one_process_and_resumes_at_tp1(monkeypatch, capsys, files
     assert at_tp1["final_loss"] == pytest.approx(at_tp2["final_loss"], rel=1e-5)
 
 
+def test_tp2_with_sequence_parallel_trains_as_one_process(monkeypatch, capsys, files, one,
+                                                         tmp_path):
+    out = tmp_path / "sp"
+    train(monkeypatch, capsys, files, out, "--steps", "2", "--batch-size", "4", "--tp", "2",
+          "--sequence-parallel")
+    for a, b in zip(metrics(out), metrics(one), strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * b["loss"]
+        assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5 * b["grad_norm"]
+        # sequence parallel gathers the sequence before each column-parallel block; without
+        # it the only all_gather is the logits' (test above)
+        assert a["collectives"]["all_gather"]["calls"] > 1
+    same_checkpoints(out / "checkpoint-2", one / "checkpoint-2")
+
+
+def test_sequence_parallel_without_tp_is_one_line(monkeypatch, capsys, files, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "train", files["model"], "--data", files["sft"],
+                           "-o", tmp_path / "x", *SFT, "--steps", "1", "--sequence-parallel")
+    assert code == 2 and err.strip().count("\n") == 0 and "--sequence-parallel" in err
+
+
 def test_tp2_dp2_on_four_ranks_trains_as_one_process(monkeypatch, capsys, files, one,
                                                      tmp_path):
     out = tmp_path / "tp2dp2"
