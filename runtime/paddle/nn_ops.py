@@ -248,14 +248,24 @@ def _attention(op, ctx):
     args = operand_reader(op, "q", "k", "v", "bias")
     if not ctx.kernels.sdpa:
         raise LoweringError("op 'attention' needs scaled_dot_product_attention on this device")
-    ctx.kernels.note("attention", "paddle.nn.functional.scaled_dot_product_attention")
+    # On CPU, SDPA's is_causal builds a [b, h, s, s] triangle mask with triu on every call
+    # (18 ms a layer at [4, 12, 256, 256]); one [s, s] mask per shape, kept, does the same.
+    cpu = ctx.kernels.device == "cpu"
+    masks: dict[tuple, object] = {}
+    ctx.kernels.note("attention", "paddle.nn.functional.scaled_dot_product_attention"
+                     + (" with a kept causal mask" if cpu and causal else ""))
+
+    def mask_for(sq: int, sk: int, dtype):
+        if (sq, sk, dtype) not in masks:
+            masks[(sq, sk, dtype)] = causal_mask(ctx, sq, sk).astype(dtype)
+        return masks[(sq, sk, dtype)]
 
     def run(env):
         q, k, v, bias = args(env)
         sq, sk = q.shape[1], k.shape[1]
         mask = bias
-        if causal and (bias is not None or sq != sk):
-            cm = causal_mask(ctx, sq, sk)
+        if causal and (bias is not None or sq != sk or cpu):
+            cm = mask_for(sq, sk, q.dtype)
             mask = cm if bias is None else bias + cm
         if mask is not None and mask.ndim < 4:
             mask = mask.reshape([1] * (4 - mask.ndim) + mask.shape)
