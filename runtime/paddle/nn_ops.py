@@ -21,7 +21,9 @@ def rms_norm_fn(ctx: Lowering, kind: str, eps: float):
         return lambda x, w: ctx.IF.fused_rms_norm(x, w, None, eps, begin_norm_axis=x.ndim - 1)[0]
     ctx.kernels.note(kind, "composite x * rsqrt(mean(x^2) + eps) * w")
     p = ctx.paddle
-    return lambda x, w: x * p.rsqrt((x * x).mean(axis=-1, keepdim=True) + eps) * w
+    # w expanded to x's shape rather than broadcast: Paddle's CPU multiply backward reduces
+    # a broadcast [hidden] operand slowly (fwd+bwd 28 ms vs 14.5 ms at [4, 256, 768]).
+    return lambda x, w: x * p.rsqrt((x * x).mean(axis=-1, keepdim=True) + eps) * w.expand(x.shape)
 
 
 @lowers("rms_norm")
