@@ -140,6 +140,22 @@ def shifted_loss_sum(paddle, logits, labels, ignore_index: int):
     return loss, int((shifted != ignore_index).sum())
 
 
+def known_norm_clip(paddle, clip_norm: float, norm):
+    """paddle's ClipGradByGlobalNorm, with the global norm `norm()` that the step has
+    already taken (Trainer.grad_norm) instead of a second pass over the gradients, and no
+    multiply when nothing is clipped (a 0.17 s pass over 134M gradients on 2 CPU cores)."""
+
+    class KnownNormClip(paddle.nn.ClipGradByGlobalNorm):
+        def _dygraph_clip(self, params_grads):
+            scale = self.clip_norm / max(norm(), self.clip_norm)
+            if scale == 1.0:
+                return params_grads
+            return [(p, g if g is None or getattr(p, "need_clip", True) is False else g * scale)
+                    for p, g in params_grads]
+
+    return KnownNormClip(clip_norm)
+
+
 class Trainer:
     """One optimizer update per `step(batch)` on a graph's weights, in Paddle dygraph."""
 
@@ -161,7 +177,8 @@ class Trainer:
         paddle.seed(config.seed)
         params = self.program.parameters()
         decayed = {p.name for p in params if p.ndim >= 2}
-        clip = (paddle.nn.ClipGradByGlobalNorm(config.max_grad_norm)
+        self._norm = 0.0
+        clip = (known_norm_clip(paddle, config.max_grad_norm, lambda: self._norm)
                 if config.max_grad_norm is not None else None)
         from paddle.base import unique_name
 
@@ -226,7 +243,7 @@ class Trainer:
             self.optimizer.clear_grad()
             raise TrainingError(f"loss is {loss} at step {self.step_count + 1}; stopping "
                                 "(weights not updated)")
-        norm = self.grad_norm()
+        norm = self._norm = self.grad_norm()
         with self._name_guard():
             self.optimizer.step()
         self.optimizer.clear_grad()
@@ -237,9 +254,12 @@ class Trainer:
 
     def grad_norm(self) -> float:
         """The global L2 norm of the gradients (before clipping)."""
-        sq = [float((g * g).sum()) for g in (p.grad for p in self.program.parameters())
+        from paddle import _C_ops  # squared_l2_norm: the kernel Paddle's own clip runs
+
+        sq = [_C_ops.squared_l2_norm(g) for g in (p.grad for p in self.program.parameters())
               if g is not None]
-        return math.sqrt(sum(sq))
+        # one read back for all parameters, summed in float64
+        return math.sqrt(float(self.paddle.concat(sq).astype("float64").sum())) if sq else 0.0
 
     def state_dict(self) -> dict:
         """What resuming needs, as numpy: {"step", "weights" (by graph name), "optimizer"
