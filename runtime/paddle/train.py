@@ -150,8 +150,9 @@ def known_norm_clip(paddle, clip_norm: float, norm):
             scale = self.clip_norm / max(norm(), self.clip_norm)
             if scale == 1.0:
                 return params_grads
-            return [(p, g if g is None or getattr(p, "need_clip", True) is False else g * scale)
-                    for p, g in params_grads]
+            # in place, as Paddle's own clip does (a new 134M-float buffer costs more)
+            return [(p, g if g is None or getattr(p, "need_clip", True) is False
+                     else g.scale_(scale)) for p, g in params_grads]
 
     return KnownNormClip(clip_norm)
 
