@@ -214,7 +214,7 @@ def _rope(op, ctx):
             return [out[0]]
 
         return fused
-    ctx.kernels.note("rope", "composite rotate (cos/sin tables)")
+    ctx.kernels.note("rope", "composite x * cos + (x @ quarter turn) * sin")
 
     def run(env):
         x, pos = args(env)
