@@ -56,6 +56,9 @@ class Lowering:
         self.paddle, self.F, self.IF = paddle, functional, incubate
         self.kernels, self.graph = kernels, graph
         self._readers: dict[Value, int] | None = None
+        # Per-run values the lowerings share, keyed by the tensor they derive from (only
+        # the latest one is kept): e.g. rope's cos/sin tables for this forward's positions.
+        self.memo: dict = {}
 
     def sole_reader(self, v: Value) -> bool:
         """Whether one op reads `v` and the graph does not return it: a lowering may then
