@@ -27,15 +27,19 @@ from . import train_checkpoint as ckpts
 from . import training as tr
 
 
-def shard_graph(graph, tp: int, sequence_parallel: bool = False) -> None:
-    """Shard `graph` in place for `tp` ranks with the shard_tensor_parallel pass."""
+def shard_graph(graph, tp: int, sequence_parallel: bool = False,
+                gather_logits: bool = True) -> None:
+    """Shard `graph` in place for `tp` ranks with the shard_tensor_parallel pass (logits left
+    as each rank's vocabulary slice unless `gather_logits`)."""
     from llmc.compiler.passmanager import PASSES
     from llmc.pipeline import run_pipeline
 
     if "shard_tensor_parallel" not in PASSES:
         raise LlmcError("--tp needs the shard_tensor_parallel pass, which this llmc lacks")
     sp = "true" if sequence_parallel else "false"
-    run_pipeline(graph, f"shard_tensor_parallel{{tp={tp}, sequence_parallel={sp}}}")
+    gather = "true" if gather_logits else "false"
+    run_pipeline(graph, f"shard_tensor_parallel{{tp={tp}, sequence_parallel={sp}, "
+                        f"gather_logits={gather}}}")
 
 
 class GraphWeights(Mapping):
@@ -76,7 +80,7 @@ def load_model(opts: tr.TrainOptions, world) -> tr.Model:
         raise LlmcError("--save-format pdparams: this model's NormHead rows are stored "
                         "normalised in PaddleNLP's layout; use --save-format both")
     ckpt.validate({n: tuple(v.type.shape) for n, v in g.params.items()})
-    shard_graph(g, world.tp, opts.sequence_parallel)
+    shard_graph(g, world.tp, opts.sequence_parallel, gather_logits=False)
     if opts.pack:
         from llmc.segment_mask import add_segment_mask
 
@@ -134,7 +138,8 @@ def make_trainer(opts: tr.TrainOptions, model: tr.Model, world):
         adapters = set(lora_params(model.graph))
         for name, p in program.params.items():
             p.stop_gradient = name not in adapters
-    return DistTrainer(model.graph, model.weights, config, world, program=program)
+    return DistTrainer(model.graph, model.weights, config, world, program=program,
+                       vocab_parallel=True)
 
 
 @dataclass

@@ -68,11 +68,15 @@ class DistTrainer(Trainer):
     rank writes checkpoints and metrics."""
 
     def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], config: TrainConfig,
-                 world: World, program: DistProgram | None = None):
+                 world: World, program: DistProgram | None = None, vocab_parallel: bool = False):
         program = program or DistProgram(graph, weights, world)
         super().__init__(graph, weights, config, program=program)
         self.world = world
         self._scale = 1.0
+        # vocab_parallel: the graph's logits are this rank's vocabulary slice (sharded with
+        # gather_logits=false) and the loss is the parallel cross-entropy (dist_loss.py)
+        self.vocab_parallel = vocab_parallel and world.tp > 1
+        self._tp_factor = 1 if self.vocab_parallel else world.tp
         if config.max_grad_norm is not None and world.tp > 1:
             self.optimizer._grad_clip = make_clip(self.paddle, config.max_grad_norm, program)
 
@@ -80,6 +84,17 @@ class DistTrainer(Trainer):
         """Trainer.loss_sum scaled for tp and dp (module doc)."""
         total, count = super().loss_sum(input_ids, labels, **inputs)
         return total * self._scale, count
+
+    def loss_of(self, logits, labels):
+        """Trainer.loss_of, or the vocabulary-parallel cross-entropy on sliced logits."""
+        if not self.vocab_parallel:
+            return super().loss_of(logits, labels)
+        from .dist_loss import parallel_loss_sum
+        from .dist_ops import Comm
+
+        comm = Comm(self.paddle, self.world, self.world.group("tp", self.world.tp),
+                    self.world.tp)
+        return parallel_loss_sum(self.paddle, logits, labels, comm, self.config.ignore_index)
 
     def step(self, batch: Mapping[str, np.ndarray]) -> dict:
         """One update on this rank's rows of the global batch; the metrics are global, and
@@ -90,9 +105,9 @@ class DistTrainer(Trainer):
         local = int((labels[:, 1:] != self.config.ignore_index).sum())
         tokens = self.world.sum_over("dp", [local, ids.size])
         world_tokens = max(tokens[0], 1.0)
-        self._scale = local * self.world.dp / (world_tokens * self.world.tp)
+        self._scale = local * self.world.dp / (world_tokens * self._tp_factor)
         m = super().step(batch)
-        m["loss"] = self.world.sum_over("dp", [m["loss"]])[0] * self.world.tp / self.world.dp
+        m["loss"] = self.world.sum_over("dp", [m["loss"]])[0] * self._tp_factor / self.world.dp
         m["tokens"] = int(tokens[1])
         m["tokens_per_s"] = m["tokens"] / m["seconds"]
         m["collectives"] = self.world.comm.summary()

@@ -214,7 +214,11 @@ class Trainer:
                 logits = self.program(inputs, recompute=self.config.recompute)[0]
         finally:
             self._dropout_on = False
-        return shifted_loss_sum(p, logits.astype("float32"), labels, self.config.ignore_index)
+        return self.loss_of(logits.astype("float32"), labels)
+
+    def loss_of(self, logits, labels):
+        """(sum of the token losses, count of unmasked tokens) of the graph's logits."""
+        return shifted_loss_sum(self.paddle, logits, labels, self.config.ignore_index)
 
     def step(self, batch: Mapping[str, np.ndarray]) -> dict:
         """One optimizer update on `batch` ({"input_ids": [b, s], "labels"?: [b, s]}), split
