@@ -85,6 +85,8 @@ def load_model(opts: tr.TrainOptions, world) -> tr.Model:
         from llmc.segment_mask import add_segment_mask
 
         add_segment_mask(g)
+    else:
+        tr.fuse_for_training(g, ckpt.config)
     return tr.Model(ckpt, g, GraphWeights(ckpt.weights, g.params))
 
 
