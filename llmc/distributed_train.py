@@ -81,12 +81,7 @@ def load_model(opts: tr.TrainOptions, world) -> tr.Model:
                         "normalised in PaddleNLP's layout; use --save-format both")
     ckpt.validate({n: tuple(v.type.shape) for n, v in g.params.items()})
     shard_graph(g, world.tp, opts.sequence_parallel, gather_logits=False)
-    if opts.pack:
-        from llmc.segment_mask import add_segment_mask
-
-        add_segment_mask(g)
-    else:
-        tr.fuse_for_training(g, ckpt.config)
+    tr.mask_or_fuse(g, opts, ckpt.config)
     return tr.Model(ckpt, g, GraphWeights(ckpt.weights, g.params))
 
 

@@ -204,6 +204,17 @@ def fuse_for_training(g, config) -> None:
                  ctx=PassContext(model=model_facts(config, "full")))
 
 
+def mask_or_fuse(g, opts: TrainOptions, config) -> None:
+    """The last step of every training graph: a packed run's segment mask (the attention
+    fusion would not match it), else TRAINING_FUSIONS."""
+    if opts.pack:
+        from llmc.segment_mask import add_segment_mask
+
+        add_segment_mask(g)
+    else:
+        fuse_for_training(g, config)
+
+
 def load_model(opts: TrainOptions) -> Model:
     """The checkpoint's full-form graph (every position's logits), with adapters in LoRA mode."""
     from llmc.compile import build_graph
@@ -220,12 +231,7 @@ def load_model(opts: TrainOptions) -> Model:
         recorded = add_lora(g, opts.lora_targets, opts.lora_rank, opts.lora_alpha,
                             opts.lora_dropout, num_layers=ckpt.config.num_layers)
         extra = init_lora_weights(g, seed=opts.seed)
-    if opts.pack:
-        from llmc.segment_mask import add_segment_mask
-
-        add_segment_mask(g)
-    else:
-        fuse_for_training(g, ckpt.config)
+    mask_or_fuse(g, opts, ckpt.config)
     if opts.save_format == "pdparams" and not invertible(ckpt.config, ckpt.naming):
         raise LlmcError("--save-format pdparams: this model's NormHead rows are stored "
                         "normalised in PaddleNLP's layout, which --resume cannot undo; use "

@@ -7,9 +7,9 @@ import pytest
 
 paddle = pytest.importorskip("paddle")
 
-from llmc.runtime.paddle.dist_loss import parallel_loss_sum, shift_labels  # noqa: E402
+from llmc.runtime.paddle.dist_loss import parallel_loss_sum  # noqa: E402
 from llmc.runtime.paddle.dist_ops import Comm  # noqa: E402
-from llmc.runtime.paddle.train import shifted_loss_sum  # noqa: E402
+from llmc.runtime.paddle.train import shift_labels, shifted_loss_sum  # noqa: E402
 
 
 def test_shift_labels_predicts_the_next_token():

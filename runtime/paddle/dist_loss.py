@@ -14,13 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dist_ops import Comm, layer
-
-
-def shift_labels(labels: np.ndarray, ignore_index: int) -> np.ndarray:
-    """labels[:, 1:] with one ignored column at the end: position i predicts label i + 1."""
-    labels = np.asarray(labels, dtype=np.int64)
-    tail = np.full((labels.shape[0], 1), ignore_index, dtype=np.int64)
-    return np.concatenate([labels[:, 1:], tail], axis=1)
+from .train import shift_labels
 
 
 def parallel_loss_sum(paddle, logits, labels: np.ndarray, comm: Comm, ignore_index: int):
@@ -33,10 +27,7 @@ def parallel_loss_sum(paddle, logits, labels: np.ndarray, comm: Comm, ignore_ind
     mine = valid & (local >= 0) & (local < rows)
     safe = paddle.where(mine, local, paddle.zeros_like(local))
     with paddle.no_grad():
-        m = logits.max(axis=-1)
-        if comm.nranks > 1:
-            comm._log("all_reduce (loss max)", m, False)
-            paddle.distributed.all_reduce(m, op=paddle.distributed.ReduceOp.MAX, group=comm.group)
+        m = comm.all_reduce_max(logits.max(axis=-1), "all_reduce (loss max)")
     all_reduce = layer("AllReduce")
     sum_exp = all_reduce.apply(paddle.exp(logits - m.unsqueeze(-1)).sum(axis=-1), comm)
     picked = paddle.take_along_axis(logits, safe.unsqueeze(-1), axis=-1).squeeze(-1)

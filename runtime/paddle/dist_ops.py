@@ -55,6 +55,15 @@ class Comm:
             self.paddle.distributed.all_reduce(y, group=self.group)
         return y
 
+    def all_reduce_max(self, x, kind: str = "all_reduce (max)"):
+        """The elementwise max of `x` over the group (a new tensor; not differentiable)."""
+        y = x.clone()
+        if self.nranks > 1:
+            self._log(kind, x, False)
+            self.paddle.distributed.all_reduce(y, op=self.paddle.distributed.ReduceOp.MAX,
+                                               group=self.group)
+        return y
+
     def all_gather(self, x, axis: int, backward: bool = False):
         """The group's `x` concatenated along `axis` in rank order."""
         if self.nranks == 1:

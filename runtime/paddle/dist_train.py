@@ -77,6 +77,11 @@ class DistTrainer(Trainer):
         # gather_logits=false) and the loss is the parallel cross-entropy (dist_loss.py)
         self.vocab_parallel = vocab_parallel and world.tp > 1
         self._tp_factor = 1 if self.vocab_parallel else world.tp
+        self._tp_comm = None
+        if self.vocab_parallel:
+            from .dist_ops import Comm
+
+            self._tp_comm = Comm(self.paddle, world, world.group("tp", world.tp), world.tp)
         if config.max_grad_norm is not None and world.tp > 1:
             self.optimizer._grad_clip = make_clip(self.paddle, config.max_grad_norm, program)
 
@@ -90,11 +95,9 @@ class DistTrainer(Trainer):
         if not self.vocab_parallel:
             return super().loss_of(logits, labels)
         from .dist_loss import parallel_loss_sum
-        from .dist_ops import Comm
 
-        comm = Comm(self.paddle, self.world, self.world.group("tp", self.world.tp),
-                    self.world.tp)
-        return parallel_loss_sum(self.paddle, logits, labels, comm, self.config.ignore_index)
+        return parallel_loss_sum(self.paddle, logits, labels, self._tp_comm,
+                                 self.config.ignore_index)
 
     def step(self, batch: Mapping[str, np.ndarray]) -> dict:
         """One update on this rank's rows of the global batch; the metrics are global, and
