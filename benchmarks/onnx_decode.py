@@ -25,15 +25,7 @@ from llmc.frontends.config import parse_config
 from llmc.frontends.naming import naming_for
 from llmc.passes.pipelines import pipeline_for
 from llmc.runtime.onnx.session import OrtCausalLM
-
-
-def config(a) -> dict:
-    """An HF llama config.json of the given dims."""
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": a.hidden,
-            "intermediate_size": a.inter, "num_attention_heads": a.heads,
-            "num_key_value_heads": a.kv_heads, "num_hidden_layers": a.layers,
-            "vocab_size": a.vocab, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
-            "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "float32"}
+from peers.checkpoint import dims_config as config  # benchmarks/ is the script dir
 
 
 def random_weights(g, seed: int = 0) -> dict[str, np.ndarray]:

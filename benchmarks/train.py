@@ -20,16 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from peers.checkpoint import dims_config as config  # benchmarks/ is the script dir
 
-
-
-def config(a) -> dict:
-    """An HF llama config.json of the given dims."""
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": a.hidden,
-            "intermediate_size": a.inter, "num_attention_heads": a.heads,
-            "num_key_value_heads": a.kv_heads, "num_hidden_layers": a.layers,
-            "vocab_size": a.vocab, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
-            "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "float32"}
 
 
 def llmc_side(cfg: dict, weights: dict, a):

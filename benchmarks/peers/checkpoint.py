@@ -38,6 +38,16 @@ def hf_config(name: str) -> dict[str, Any]:
     }
 
 
+def dims_config(a) -> dict[str, Any]:
+    """An HF llama config.json of the dims on a benchmark's command line (`a.hidden`,
+    `a.inter`, `a.heads`, `a.kv_heads`, `a.layers`, `a.vocab`)."""
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": a.hidden,
+            "intermediate_size": a.inter, "num_attention_heads": a.heads,
+            "num_key_value_heads": a.kv_heads, "num_hidden_layers": a.layers,
+            "vocab_size": a.vocab, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "float32"}
+
+
 def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """HF parameter names and shapes of a llama config."""
     h, inter, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
