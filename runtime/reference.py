@@ -139,9 +139,9 @@ class Interpreter:
         except LlmcError:
             raise
         except Exception as e:  # a kernel failure: report the IR line
-            raise ExecutionError(f"{_where(op)}: {type(e).__name__}: {e}") from e
+            raise ExecutionError(f"{failed_op(op)}: {type(e).__name__}: {e}") from e
         if len(results) != len(op.outputs):
-            raise ExecutionError(f"{_where(op)}: the kernel returned {len(results)} results, "
+            raise ExecutionError(f"{failed_op(op)}: the kernel returned {len(results)} results, "
                                  f"the op has {len(op.outputs)}")
         return results
 
@@ -150,7 +150,7 @@ class Interpreter:
             try:
                 check_value(v, arr, dims, "result")
             except ExecutionError as e:
-                raise ExecutionError(f"{_where(op)}: {e}") from None
+                raise ExecutionError(f"{failed_op(op)}: {e}") from None
         return arr
 
     def _bind(self, env: dict[Value, np.ndarray], v: Value, arr: np.ndarray) -> None:
@@ -187,7 +187,8 @@ def run_values(g: Graph, inputs: Mapping[str, np.ndarray],
     return interp.values
 
 
-def _where(op: Op) -> str:
+def failed_op(op: Op) -> str:
+    """`[line N: ]op `<its IR line>` failed`: how a failing op is named in errors."""
     loc = f"line {op.loc[0]}: " if op.loc else ""
     return f"{loc}op `{print_op(op)}` failed"
 

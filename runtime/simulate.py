@@ -17,7 +17,7 @@ from llmc.compiler.errors import LlmcError
 from llmc.compiler.ir import Graph, Op
 from llmc.compiler.ops import get_op
 
-from .reference import ExecutionError, Interpreter
+from .reference import ExecutionError, Interpreter, failed_op
 
 
 def group_size(graph: Graph, group: str = "tp") -> int:
@@ -66,7 +66,7 @@ class Simulator:
         except LlmcError:
             raise
         except Exception as e:  # a kernel failure: report the op
-            raise ExecutionError(f"op `{op!r}` failed: {type(e).__name__}: {e}") from e
+            raise ExecutionError(f"{failed_op(op)}: {type(e).__name__}: {e}") from e
 
 
 def simulate(graph: Graph, inputs, weights: Mapping[str, np.ndarray],
